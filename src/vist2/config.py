@@ -1,0 +1,136 @@
+"""Model configuration: one small frozen dataclass per concern, composed into `Vist2Config`.
+
+The vision encoder and the LLM are Hugging Face models; their configs are kept as the
+plain keyword dicts that `transformers` config classes take, so any RoPE decoder
+(`model_type` "qwen3", "llama", ...) and SigLIP / SigLIP2 encoder can be described.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from vist2.errors import Vist2Error
+from vist2.render import RenderConfig
+
+VISION_TYPES = ("siglip_vision_model", "siglip2_vision_model")
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """A SigLIP (square pages) or SigLIP2 (any page shape) vision tower."""
+
+    model_type: str = "siglip2_vision_model"
+    params: dict[str, Any] = field(default_factory=dict)  # kwargs of the HF config class
+    path: str | None = None  # local folder with pretrained weights, loaded by `build_model`
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.params.get("patch_size", 16))
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.params.get("hidden_size", 768))
+
+
+@dataclass(frozen=True)
+class AlignerConfig:
+    """Visual features -> LLM embeddings: tanh(Linear) (paper default) or a 2-layer MLP."""
+
+    kind: str = "tanh"  # "tanh" | "mlp"
+    mlp_hidden: int = 0  # hidden size of the MLP option (paper: 19,456)
+    merge: int = 1  # pixel-shuffle factor s: s*s neighbouring patches become one token
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """A Hugging Face causal LM that accepts inputs_embeds, position_ids and a 4D mask."""
+
+    model_type: str = "qwen3"
+    params: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None  # local folder with pretrained weights
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    """How text is cut: K tokens per chunk; a visual block then holds beta tokens."""
+
+    chunk_tokens: int = 1024
+    visual_sees_text: bool = True  # a visual block attends the text chunk it encodes
+    bidirectional_visual: bool = False  # attention inside a visual block
+
+
+@dataclass(frozen=True)
+class Vist2Config:
+    render: RenderConfig = field(default_factory=RenderConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    aligner: AlignerConfig = field(default_factory=AlignerConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    tokenizer: str = "qwen3"  # "qwen3" | "bytes" | a local tokenizer folder
+    attn_implementation: str = "sdpa"  # "sdpa" (CPU, explicit bool mask) | "flex_attention" (GPU)
+    preset: str = "custom"
+
+    def __post_init__(self) -> None:
+        if self.vision.model_type not in VISION_TYPES:
+            raise Vist2Error(f"vision.model_type must be one of {VISION_TYPES}, got {self.vision.model_type!r}")
+        if self.aligner.kind not in ("tanh", "mlp"):
+            raise Vist2Error(f"aligner.kind must be 'tanh' or 'mlp', got {self.aligner.kind!r}")
+        if self.aligner.kind == "mlp" and self.aligner.mlp_hidden < 1:
+            raise Vist2Error("aligner.kind='mlp' needs aligner.mlp_hidden >= 1")
+        step = self.vision.patch_size * self.aligner.merge
+        if self.render.width % step or self.render.height % step:
+            raise Vist2Error(
+                f"page {self.render.width}x{self.render.height} is not a multiple of patch size x merge = {step}"
+            )
+        if self.vision.model_type == "siglip_vision_model" and self.render.width != self.render.height:
+            raise Vist2Error("SigLIP (v1) needs square pages; use siglip2_vision_model for other shapes")
+        if self.chunk.chunk_tokens < 1:
+            raise Vist2Error("chunk.chunk_tokens must be >= 1")
+
+    @property
+    def visual_tokens(self) -> int:
+        """beta: tokens one rendered page becomes."""
+        step = self.vision.patch_size * self.aligner.merge
+        return (self.render.width // step) * (self.render.height // step)
+
+    @property
+    def ratio(self) -> float:
+        """Compression ratio r = K / beta."""
+        return self.chunk.chunk_tokens / self.visual_tokens
+
+    def replace(self, **changes: Any) -> Vist2Config:
+        """A copy with some top-level fields or nested fields ("chunk.chunk_tokens") changed."""
+        nested: dict[str, dict[str, Any]] = {}
+        top: dict[str, Any] = {}
+        for key, value in changes.items():
+            if "." in key:
+                part, name = key.split(".", 1)
+                nested.setdefault(part, {})[name] = value
+            else:
+                top[key] = value
+        for part, values in nested.items():
+            top[part] = dataclasses.replace(getattr(self, part), **values)
+        return dataclasses.replace(self, **top)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Vist2Config:
+        parts = {"render": RenderConfig, "vision": VisionConfig, "aligner": AlignerConfig,
+                 "llm": LLMConfig, "chunk": ChunkConfig}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise Vist2Error(f"unknown config fields: {sorted(unknown)}")
+        values = dict(data)
+        for name, part in parts.items():
+            if name in values:
+                fields = {f.name for f in dataclasses.fields(part)}
+                extra = set(values[name]) - fields
+                if extra:
+                    raise Vist2Error(f"unknown fields in config.{name}: {sorted(extra)}")
+                values[name] = part(**values[name])
+        return cls(**values)

@@ -1,0 +1,155 @@
+"""`Vist2Model`: vision tower + aligner + a Hugging Face causal LM, over interleaved layouts.
+
+Visual blocks sit in the LLM's input sequence as embeddings: their rows of `input_ids`
+hold a placeholder and are overwritten by the aligned visual tokens of their page. The
+attention mask and position ids come from the layout (see `vist2.layout`), always passed
+explicitly, so transformers never guesses packed sequences from repeated positions.
+
+A checkpoint is a folder: `config.json` (the `Vist2Config`) + `model.safetensors`
+(+ the tokenizer files). No pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from vist2.config import LLMConfig, Vist2Config
+from vist2.errors import Vist2Error
+from vist2.vision import Aligner, VisionTower
+
+CHECKPOINT_FORMAT = "vist2"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def build_llm(config: LLMConfig, attn_implementation: str) -> nn.Module:
+    if config.path:
+        return AutoModelForCausalLM.from_pretrained(
+            config.path, local_files_only=True, attn_implementation=attn_implementation
+        )
+    hf_config = AutoConfig.for_model(config.model_type, **config.params)
+    return AutoModelForCausalLM.from_config(hf_config, attn_implementation=attn_implementation)
+
+
+@dataclass
+class Vist2Output:
+    logits: torch.Tensor  # (B, T, V)
+    loss: torch.Tensor | None  # mean cross-entropy over labelled tokens
+
+
+class Vist2Model(nn.Module):
+    def __init__(self, config: Vist2Config):
+        super().__init__()
+        self.config = config
+        self.vision = VisionTower(config.vision)
+        self.llm = build_llm(config.llm, config.attn_implementation)
+        self.aligner = Aligner(config.aligner, self.vision.model.config.hidden_size, self.llm.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.llm.parameters()).dtype
+
+    def encode_pages(self, pages: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) pages in [0, 1] -> (N, beta, d_llm) visual tokens."""
+        return self.aligner(self.vision(pages.to(self.device))).to(self.dtype)
+
+    def embed(self, input_ids: torch.Tensor, visual: torch.Tensor | None = None,
+              pages: torch.Tensor | None = None, visual_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with the rows marked in `visual` (B, T) replaced by visual tokens,
+        given as `pages` to encode or as already encoded `visual_tokens` (N, beta, d)."""
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        if visual is None or not bool(visual.any()):
+            return embeds
+        if visual_tokens is None:
+            visual_tokens = self.encode_pages(pages)
+        flat = visual_tokens.reshape(-1, embeds.shape[-1])
+        if flat.shape[0] != int(visual.sum()):
+            raise Vist2Error(f"{int(visual.sum())} visual positions but {flat.shape[0]} visual tokens")
+        return embeds.masked_scatter(visual.unsqueeze(-1), flat.to(embeds.dtype))
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask,
+                visual: torch.Tensor | None = None, pages: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> Vist2Output:
+        """Teacher-forced forward of a batch of layouts (see `vist2.stages.collate`)."""
+        embeds = self.embed(input_ids, visual, pages)
+        out = self.llm(inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask, use_cache=False)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        return Vist2Output(out.logits, loss)
+
+    def parameter_groups(self) -> dict[str, nn.Module]:
+        return {"vision": self.vision, "aligner": self.aligner, "llm": self.llm}
+
+    def num_parameters(self) -> dict[str, int]:
+        counts = {name: sum(p.numel() for p in part.parameters()) for name, part in self.parameter_groups().items()}
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        return counts
+
+    def self_contained_config(self) -> Vist2Config:
+        """The config with the HF sub-configs written out, so no weight paths are needed."""
+        def params(hf_config) -> dict:
+            data = hf_config.to_diff_dict()
+            for key in ("model_type", "transformers_version", "architectures", "_name_or_path", "dtype", "torch_dtype"):
+                data.pop(key, None)
+            return data
+
+        return self.config.replace(
+            **{"vision.params": params(self.vision.model.config), "vision.path": None,
+               "llm.params": params(self.llm.config), "llm.path": None}
+        )
+
+    def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        data = {"format": CHECKPOINT_FORMAT, "dtype": str(self.dtype).removeprefix("torch."),
+                **self.self_contained_config().to_dict()}
+        if tokenizer is not None:
+            tokenizer.save_pretrained(directory)
+        save_model(self, str(directory / WEIGHTS_NAME))
+        (directory / CONFIG_NAME).write_text(json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Vist2Model:
+        config, dtype = read_checkpoint_config(directory)
+        weights = Path(directory) / WEIGHTS_NAME
+        if not weights.is_file():
+            raise Vist2Error(f"{directory} has no {WEIGHTS_NAME}")
+        model = cls(config).to(dtype)
+        try:
+            load_model(model, str(weights), strict=True, device=str(device))
+        except (SafetensorError, RuntimeError, OSError) as error:
+            raise Vist2Error(f"cannot load {weights}: it does not match {directory}/{CONFIG_NAME} "
+                             f"or is corrupt:\n{error}") from None
+        return model.to(device).eval()
+
+
+def read_checkpoint_config(directory: str | Path) -> tuple[Vist2Config, torch.dtype]:
+    """Config and dtype of a checkpoint folder, with a clear error for anything else."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise Vist2Error(f"{directory} is not a vist2 checkpoint: no {CONFIG_NAME}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise Vist2Error(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict) or data.pop("format", None) != CHECKPOINT_FORMAT:
+        raise Vist2Error(f"{directory} is not a vist2 checkpoint ({path} has no \"format\": \"vist2\")")
+    dtype = getattr(torch, data.pop("dtype", "float32"))
+    config = Vist2Config.from_dict(data)
+    if (Path(directory) / "tokenizer_config.json").is_file():
+        config = config.replace(tokenizer=str(directory))
+    return config, dtype

@@ -1,0 +1,292 @@
+"""Render a chunk of text into a fixed-size grayscale "sketch" image (DESIGN section 6).
+
+Every page has the same geometry, so every chunk gives the same number of visual tokens.
+Text runs left to right, top to bottom: hard breaks at newlines, word wrap at spaces for
+Latin scripts, wrap at any character for wide (CJK) characters. The font size is the
+largest in [min_font_size, max_font_size] at which the whole chunk fits; text that fits
+at no size raises TextDoesNotFit, it is never cut. Characters the font lacks and control
+characters are drawn as a box and counted, never dropped.
+
+    page = Renderer(RenderConfig()).render("Hello, 世界")
+    page.image.save("page.png")
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import itertools
+import math
+import os
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from PIL import Image, ImageDraw, ImageFont
+
+from vist2.errors import Vist2Error
+
+if TYPE_CHECKING:
+    import torch
+
+INK, PAPER = 0, 255
+PLACEHOLDER_EM = 0.6  # width of the placeholder box, as in the Mono face's Latin cell
+
+
+class TextDoesNotFit(Vist2Error):
+    """The text needs more room than the page has, even at the smallest legible size."""
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    width: int = 256  # pixels; keep multiples of the ViT patch size (16)
+    height: int = 256
+    font_path: str | None = None  # None = the bundled WenQuanYi Micro Hei (Latin + CJK)
+    font_index: int = 1  # face in the .ttc: 1 = "WenQuanYi Micro Hei Mono"
+    max_font_size: int = 24
+    min_font_size: int = 6  # smallest legible size; below this a chunk "does not fit"
+    margin: int = 2
+    line_height: int | None = None  # fixed line pitch in pixels; None = 1.2 x font size
+    tab_size: int = 4
+
+
+@dataclass(frozen=True)
+class RenderedPage:
+    image: Image.Image  # mode "L", width x height, white paper (255), black ink (0)
+    font_size: int
+    lines: int
+    missing: int  # characters drawn as placeholder boxes (no glyph, or control characters)
+
+
+def default_font_path() -> str:
+    """The WenQuanYi Micro Hei collection shipped by the paperang-p2-fonts-cjk package."""
+    spec = importlib.util.find_spec("paperang_p2_fonts_cjk")
+    if spec is None or not spec.submodule_search_locations:
+        raise Vist2Error("package paperang-p2-fonts-cjk is not installed; pass a font path")
+    return os.path.join(spec.submodule_search_locations[0], "fonts", "wqy-microhei.ttc")
+
+
+@functools.lru_cache(maxsize=8)
+def font_coverage(path: str, index: int) -> frozenset[int]:
+    """Code points that the font face has a glyph for (read from its cmap once)."""
+    from fontTools.ttLib import TTFont
+
+    with TTFont(path, fontNumber=index, lazy=True) as font:
+        return frozenset(font.getBestCmap())
+
+
+def _kind(char: str) -> str:
+    """Wrap class: lines break at spaces, inside over-long words, and around any wide (CJK) character."""
+    if char == " ":
+        return "space"
+    return "wide" if unicodedata.east_asian_width(char) in ("W", "F") else "word"
+
+
+def _pieces(paragraph: str) -> list[str]:
+    """Cut a paragraph into unbreakable pieces: space runs, words, single wide characters."""
+    pieces: list[str] = []
+    for kind, group in itertools.groupby(paragraph, key=_kind):
+        if kind == "wide":
+            pieces.extend(group)
+        else:
+            pieces.append("".join(group))
+    return pieces
+
+
+def _paragraphs(text: str) -> list[list[str]]:
+    """Normalized text as paragraphs (split at newlines) of pieces; no paragraph at all for ""."""
+    return [_pieces(paragraph) for paragraph in text.split("\n")] if text else []
+
+
+class _GlyphWidths(dict):
+    """Advance width of each character at one font size, measured on first use."""
+
+    def __init__(self, renderer: Renderer, size: int):
+        super().__init__()
+        self.renderer, self.size = renderer, size
+
+    def __missing__(self, char: str) -> float:
+        if self.renderer.is_placeholder(char):
+            width = math.ceil(PLACEHOLDER_EM * self.size)
+        else:
+            width = self.renderer._font(self.size).getlength(char)
+        self[char] = width
+        return width
+
+
+class Renderer:
+    """Lays out and draws text on pages of one fixed geometry; caches fonts and widths."""
+
+    def __init__(self, config: RenderConfig = RenderConfig()):
+        self.config = config
+        self.font_path = config.font_path or default_font_path()
+        if not os.path.isfile(self.font_path):
+            raise Vist2Error(f"font file not found: {self.font_path}")
+        if config.min_font_size < 1 or config.min_font_size > config.max_font_size:
+            raise Vist2Error(
+                f"need 1 <= min_font_size <= max_font_size, got {config.min_font_size}, {config.max_font_size}"
+            )
+        self.text_width = config.width - 2 * config.margin
+        self.text_height = config.height - 2 * config.margin
+        if self.text_width <= 0 or self.text_height <= 0:
+            raise Vist2Error(f"margin {config.margin} leaves no room on a {config.width}x{config.height} page")
+        try:
+            self.coverage = font_coverage(self.font_path, config.font_index)
+        except Exception as error:  # fontTools raises many types for unreadable files
+            raise Vist2Error(f"cannot read font {self.font_path} (face {config.font_index}): {error}") from error
+        self._fonts: dict[int, ImageFont.FreeTypeFont] = {}
+        self._widths: dict[int, _GlyphWidths] = {}
+        self.largest_size = self._largest_size_for_pitch()
+
+    def _font(self, size: int) -> ImageFont.FreeTypeFont:
+        if size not in self._fonts:
+            # Basic layout (no raqm) so the pixels do not depend on optional system libraries.
+            self._fonts[size] = ImageFont.truetype(
+                self.font_path, size, index=self.config.font_index, layout_engine=ImageFont.Layout.BASIC
+            )
+        return self._fonts[size]
+
+    def _pitch(self, size: int) -> int:
+        return self.config.line_height or math.ceil(1.2 * size)
+
+    def _largest_size_for_pitch(self) -> int:
+        """With a fixed line_height, the largest size whose ascent + descent fits in it."""
+        config = self.config
+        if config.line_height is None:
+            return config.max_font_size
+        for size in range(config.max_font_size, config.min_font_size - 1, -1):
+            if sum(self._font(size).getmetrics()) <= config.line_height:
+                return size
+        raise Vist2Error(f"line_height {config.line_height} is too small for min_font_size {config.min_font_size}")
+
+    def is_placeholder(self, char: str) -> bool:
+        """Control characters and characters without a glyph are drawn as a box."""
+        return ord(char) not in self.coverage or unicodedata.category(char) == "Cc"
+
+    def _widths_at(self, size: int) -> _GlyphWidths:
+        if size not in self._widths:
+            self._widths[size] = _GlyphWidths(self, size)
+        return self._widths[size]
+
+    def _normalize(self, text: str) -> str:
+        return text.replace("\r\n", "\n").replace("\t", " " * self.config.tab_size)
+
+    def _max_lines(self, size: int) -> int:
+        return self.text_height // self._pitch(size)
+
+    def _surely_too_long(self, counts: Counter, size: int) -> bool:
+        """Cheap lower bound on the lines needed: every non-space glyph sits on some line."""
+        widths = self._widths_at(size)
+        ink = sum(count * widths[char] for char, count in counts.items() if char not in " \n")
+        return max(counts["\n"] + 1, math.ceil(ink / self.text_width)) > self._max_lines(size)
+
+    def layout(self, text: str, size: int) -> list[str] | None:
+        """Lines of normalized text (no tabs, no CR LF) at this font size, or None if they overflow."""
+        return self._layout(_paragraphs(text), size)
+
+    def _layout(self, paragraphs: list[list[str]], size: int) -> list[str] | None:
+        max_lines, widths = self._max_lines(size), self._widths_at(size)
+        lines: list[str] = []
+        for pieces in paragraphs:
+            first_line = len(lines)
+            line, x = "", 0.0
+            for piece in pieces:
+                if len(lines) > max_lines:
+                    return None
+                width = sum(map(widths.__getitem__, piece))
+                if x + width <= self.text_width:
+                    line, x = line + piece, x + width
+                    continue
+                if line:
+                    lines.append(line)
+                    line, x = "", 0.0
+                    if piece[0] == " ":  # the line break replaces the space
+                        continue
+                    if width <= self.text_width:
+                        line, x = piece, width
+                        continue
+                for char in piece:  # a piece wider than a whole line: break it by characters
+                    char_width = widths[char]
+                    if char_width > self.text_width:
+                        return None
+                    if line and x + char_width > self.text_width:
+                        lines.append(line)
+                        line, x = "", 0.0
+                    line, x = line + char, x + char_width
+            if line or len(lines) == first_line:
+                lines.append(line)
+            if len(lines) > max_lines:
+                return None
+        return lines
+
+    def _fit(self, text: str) -> tuple[int, list[str]]:
+        """Largest font size at which the text fits, with its lines (binary search)."""
+        counts = Counter(text)
+        low, high = self.config.min_font_size, self.largest_size
+        if self._surely_too_long(counts, low):
+            raise self._does_not_fit(text)
+        paragraphs = _paragraphs(text)
+        best = self._layout(paragraphs, low)
+        if best is None:
+            raise self._does_not_fit(text)
+        best_size = low
+        while low < high:
+            size = (low + high + 1) // 2
+            lines = None if self._surely_too_long(counts, size) else self._layout(paragraphs, size)
+            if lines is None:
+                high = size - 1
+            else:
+                low, best_size, best = size, size, lines
+        return best_size, best
+
+    def _does_not_fit(self, text: str) -> TextDoesNotFit:
+        return TextDoesNotFit(
+            f"text of {len(text)} characters does not fit a {self.config.width}x{self.config.height} page "
+            f"even at font size {self.config.min_font_size}; use shorter chunks or a larger page"
+        )
+
+    def render(self, text: str) -> RenderedPage:
+        """Draw one chunk of text on a page at the largest font size that fits it."""
+        text = self._normalize(text)
+        size, lines = self._fit(text)
+        font, pitch = self._font(size), self._pitch(size)
+        ascent, descent = font.getmetrics()
+        image = Image.new("L", (self.config.width, self.config.height), PAPER)
+        draw = ImageDraw.Draw(image)
+        missing = 0
+        for row, line in enumerate(lines):
+            top = self.config.margin + row * pitch
+            baseline = top + (pitch - ascent - descent) / 2 + ascent
+            missing += self._draw_line(draw, line, self.config.margin, baseline, size)
+        return RenderedPage(image=image, font_size=size, lines=len(lines), missing=missing)
+
+    def _draw_line(self, draw: ImageDraw.ImageDraw, line: str, x: float, baseline: float, size: int) -> int:
+        """Draw runs of covered characters as whole strings, boxes for the rest; count boxes."""
+        font, widths, missing, run_start = self._font(size), self._widths_at(size), 0, 0
+        run_x = x
+        for i, char in enumerate(line):
+            if self.is_placeholder(char):
+                if run_start < i:
+                    draw.text((run_x, baseline), line[run_start:i], font=font, fill=INK, anchor="ls")
+                box_width = widths[char]
+                draw.rectangle(
+                    (round(x) + 1, round(baseline - 0.7 * size), round(x + box_width) - 2, round(baseline)),
+                    outline=INK,
+                )
+                missing += 1
+                run_start, run_x = i + 1, x + box_width
+            x += widths[char]
+        if run_start < len(line):
+            draw.text((run_x, baseline), line[run_start:], font=font, fill=INK, anchor="ls")
+        return missing
+
+    def render_batch(self, texts: list[str]) -> torch.Tensor:
+        """Render chunks into a float32 tensor (N, 1, H, W) of pixel / 255: paper 1.0, ink 0.0."""
+        import numpy as np
+        import torch
+
+        if not texts:
+            return torch.empty(0, 1, self.config.height, self.config.width)
+        pixels = np.stack([np.asarray(self.render(text).image) for text in texts])
+        return torch.from_numpy(pixels).float().div_(255).unsqueeze(1)

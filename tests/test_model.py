@@ -1,0 +1,152 @@
+"""Vist2Model: teacher-forced forward + backward of every stage layout, per-stage trainable
+parameters, save/load round trip, clear errors for bad checkpoints, paper-size meta builds."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from vist2 import stages
+from vist2.errors import Vist2Error
+from vist2.model import Vist2Model
+from vist2.presets import preset, tiny
+from vist2.render import Renderer
+from vist2.tokenizer import load_tokenizer
+
+TEXT = "Attention costs grow with the square of the context; the KV cache grows linearly. " * 3
+
+
+@pytest.fixture(scope="module")
+def parts():
+    config = tiny()
+    torch.manual_seed(0)
+    return Vist2Model(config), load_tokenizer(config.tokenizer), Renderer(config.render)
+
+
+def stage_example(stage, tokenizer, config):
+    ids = tokenizer.encode(TEXT, add_special_tokens=False)
+    K, beta, pad = config.chunk.chunk_tokens, config.visual_tokens, tokenizer.pad_token_id
+    if stage == "captioning":
+        return stages.captioning(Image.new("L", (40, 20), 200), ids[:30], beta, pad)
+    if stage == "ocr":
+        return stages.ocr(tokenizer, ids, K, beta, pad)
+    if stage == "olm":
+        return stages.olm(tokenizer, ids, K, beta, pad)
+    return stages.sft(tokenizer, ids[:150], ids[150:], K, beta, pad)
+
+
+@pytest.mark.parametrize("stage", ["captioning", "ocr", "olm", "sft"])
+def test_stage_forward_backward_reaches_only_trainable_parameters(stage, parts):
+    model, tokenizer, renderer = parts
+    example = stage_example(stage, tokenizer, model.config)
+    batch = stages.collate([example, example], renderer, tokenizer.pad_token_id)
+    stages.set_trainable(model, stage)
+    model.zero_grad(set_to_none=True)
+    out = model(**batch)
+    assert out.logits.shape[:2] == batch["input_ids"].shape
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    for name, part in model.parameter_groups().items():
+        grads = [p.grad for p in part.parameters()]
+        if name in stages.TRAINABLE[stage]:
+            assert any(g is not None and g.abs().sum() > 0 for g in grads), name
+        else:
+            assert all(g is None for g in grads), name
+
+
+def test_loss_is_on_labelled_tokens_only(parts):
+    model, tokenizer, renderer = parts
+    example = stage_example("sft", tokenizer, model.config)
+    batch = stages.collate([example], renderer, tokenizer.pad_token_id)
+    with torch.no_grad():
+        out = model(**batch)
+    labels = batch["labels"][0, 1:]
+    keep = labels != -100
+    expected = torch.nn.functional.cross_entropy(out.logits[0, :-1][keep], labels[keep])
+    assert torch.allclose(out.loss, expected)
+    response = tokenizer.encode(TEXT, add_special_tokens=False)[150:] + stages.chat_parts(tokenizer)[2]
+    assert batch["labels"][0][batch["labels"][0] != -100].tolist() == response
+
+
+def test_padding_does_not_change_logits(parts):
+    model, tokenizer, renderer = parts
+    example = stage_example("olm", tokenizer, model.config)
+    with torch.no_grad():
+        alone = model(**stages.collate([example], renderer, tokenizer.pad_token_id)).logits
+        padded = model(**stages.collate([example], renderer, tokenizer.pad_token_id, total=len(example.ids) + 7)).logits
+    assert torch.allclose(alone[0], padded[0, : len(example.ids)], atol=1e-5)
+
+
+def test_save_and_load_give_identical_logits(parts, tmp_path):
+    model, tokenizer, renderer = parts
+    batch = stages.collate([stage_example("olm", tokenizer, model.config)], renderer, tokenizer.pad_token_id)
+    model.save_pretrained(tmp_path, tokenizer=tokenizer)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in tmp_path.iterdir()}
+    reloaded = Vist2Model.from_pretrained(tmp_path)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, reloaded(**batch).logits)
+    assert load_tokenizer(reloaded.config.tokenizer).encode(TEXT) == tokenizer.encode(TEXT)
+
+
+def test_checkpoint_errors_name_the_problem(parts, tmp_path):
+    model, tokenizer, _ = parts
+    with pytest.raises(Vist2Error, match="no config.json"):
+        Vist2Model.from_pretrained(tmp_path / "missing")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(Vist2Error, match="not a vist2 checkpoint"):
+        Vist2Model.from_pretrained(tmp_path / "other")
+
+    model.save_pretrained(tmp_path / "corrupt")
+    weights = tmp_path / "corrupt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(Vist2Error, match="corrupt"):
+        Vist2Model.from_pretrained(tmp_path / "corrupt")
+
+    model.save_pretrained(tmp_path / "mismatch")
+    config = json.loads((tmp_path / "mismatch" / "config.json").read_text())
+    config["llm"]["params"]["hidden_size"] = 96
+    (tmp_path / "mismatch" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Vist2Error, match="size mismatch"):
+        Vist2Model.from_pretrained(tmp_path / "mismatch")
+
+    (tmp_path / "mismatch" / "config.json").write_text("{not json")
+    with pytest.raises(Vist2Error, match="not valid JSON"):
+        Vist2Model.from_pretrained(tmp_path / "mismatch")
+
+
+@pytest.mark.parametrize("changes", [
+    {"aligner.kind": "mlp", "aligner.mlp_hidden": 48},
+    {"aligner.merge": 2, "render.width": 128, "render.height": 64},
+    {"chunk.bidirectional_visual": True},
+])
+def test_aligner_options_give_beta_tokens(changes):
+    config = tiny().replace(**changes)
+    model = Vist2Model(config)
+    pages = Renderer(config.render).render_batch(["one page", "two pages"])
+    tokens = model.encode_pages(pages)
+    assert tokens.shape == (2, config.visual_tokens, model.llm.config.hidden_size)
+    assert tokens.abs().max() <= 1 or config.aligner.kind == "mlp"  # tanh bound
+
+
+def test_config_validation():
+    with pytest.raises(Vist2Error, match="multiple"):
+        tiny().replace(**{"render.width": 120})
+    with pytest.raises(Vist2Error, match="square"):
+        tiny().replace(**{"vision.model_type": "siglip_vision_model"})
+    with pytest.raises(Vist2Error, match="unknown preset"):
+        preset("vist2-70b")
+
+
+@pytest.mark.parametrize("name, billions", [("vist2-0.6b", 0.6), ("vist2-8b", 8.2)])
+def test_paper_presets_build_on_meta_device(name, billions):
+    config = preset(name)
+    with torch.device("meta"):
+        model = Vist2Model(config)
+    counts = model.num_parameters()
+    assert config.visual_tokens == 256 and config.ratio == 4
+    assert 0.29e9 < counts["vision"] < 0.32e9  # SigLIP2 ViT-L/16 without head
+    assert abs(counts["llm"] / 1e9 - billions) < 0.25 * billions
+    print(name, counts)
