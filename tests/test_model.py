@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vist2 import layout as L
 from vist2 import stages
 from vist2.errors import Vist2Error
 from vist2.model import Vist2Model
@@ -150,3 +151,34 @@ def test_paper_presets_build_on_meta_device(name, billions):
     assert 0.29e9 < counts["vision"] < 0.32e9  # SigLIP2 ViT-L/16 without head
     assert abs(counts["llm"] / 1e9 - billions) < 0.25 * billions
     print(name, counts)
+
+
+@pytest.mark.slow
+def test_flex_attention_model_forward_equals_sdpa(parts):
+    """The GPU path (FlexAttention + BlockMask) on the whole model; on CPU it runs forward only."""
+    model, tokenizer, renderer = parts
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    flex = Vist2Model(model.config.replace(attn_implementation="flex_attention")).to(device).eval()
+    flex.load_state_dict(model.state_dict())
+    example = stage_example("olm", tokenizer, model.config)
+    batch = stages.collate([example], renderer, tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected = model.eval()(**batch).logits
+        batch = {name: value.to(device) for name, value in batch.items()}
+        batch["attention_mask"] = L.block_mask([example.layout], device=device)
+        assert torch.allclose(flex(**batch).logits.cpu(), expected, atol=1e-4)
+
+
+def test_pretrained_parts_load_from_local_folders(tmp_path):
+    """A user's own Qwen3 / SigLIP2 folders (here: tiny random ones) are loaded, not re-initialised."""
+    from transformers import AutoConfig, AutoModelForCausalLM, Siglip2VisionConfig, Siglip2VisionModel
+
+    config = tiny()
+    llm = AutoModelForCausalLM.from_config(AutoConfig.for_model("qwen3", **config.llm.params))
+    vision = Siglip2VisionModel(Siglip2VisionConfig(**config.vision.params))
+    llm.save_pretrained(tmp_path / "llm")
+    vision.save_pretrained(tmp_path / "vision")
+    model = Vist2Model(config.replace(**{"llm.path": str(tmp_path / "llm"), "vision.path": str(tmp_path / "vision")}))
+    assert torch.equal(model.llm.model.embed_tokens.weight, llm.model.embed_tokens.weight)
+    assert torch.equal(model.vision.model.embeddings.patch_embedding.weight,
+                       vision.embeddings.patch_embedding.weight)
