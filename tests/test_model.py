@@ -182,3 +182,16 @@ def test_pretrained_parts_load_from_local_folders(tmp_path):
     assert torch.equal(model.llm.model.embed_tokens.weight, llm.model.embed_tokens.weight)
     assert torch.equal(model.vision.model.embeddings.patch_embedding.weight,
                        vision.embeddings.patch_embedding.weight)
+
+
+def test_smollm2_preset_wraps_the_real_pretrained_llm():
+    """The packaged GGUF is converted once (cached), and the LLM inside knows things."""
+    config = preset("smollm2-135m")
+    model = Vist2Model(config).eval()
+    tokenizer = load_tokenizer(config.tokenizer)
+    prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        answer = model.llm.generate(ids, max_new_tokens=8, do_sample=False)
+    assert "Paris" in tokenizer.decode(answer[0, ids.shape[1]:])
+    assert 134e6 < model.num_parameters()["llm"] < 136e6

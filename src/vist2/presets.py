@@ -56,7 +56,13 @@ def smollm2_folder() -> Path:
         raise Vist2Error(f"no .gguf file in {folder}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name)
+    # transformers dequantizes GGUF weights on load but refuses to save a "quantized" model,
+    # so the float weights move into a plain model of the same config.
+    dequantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name)
+    config = dequantized.config
+    config.__dict__.pop("quantization_config", None)
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(dequantized.state_dict())
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
     partial = cache.with_name(cache.name + ".partial")  # renamed when complete
     shutil.rmtree(partial, ignore_errors=True)
