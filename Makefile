@@ -1,10 +1,12 @@
 # `make quickstart` and `make test` set up .venv on first use, then run.
 PYTHON ?= python3
+# VENV_FLAGS=--system-site-packages reuses a torch (e.g. a CUDA build) installed for $(PYTHON).
+VENV_FLAGS ?=
 VENV := .venv
 BIN := $(VENV)/bin
 
 $(BIN)/vist2: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU wheel first, unless a torch (CUDA or CPU) is already importable.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
