@@ -48,21 +48,22 @@ def test_tail_rule():
     assert split_compressed([], 8, 4) == ([], [])
 
 
-def test_split_character_is_rendered_once_in_the_chunk_of_its_first_byte_byte_tokenizer():
+def test_split_character_is_rendered_once_in_the_chunk_where_it_completes_byte_tokenizer():
     tokenizer = bytes_()
     ids = tokenizer("a中b")["input_ids"]  # a, e4, b8, ad, b
-    assert chunk_texts(tokenizer, split_chunks(ids, 2)) == ["a中", "", "b"]
-    assert chunk_texts(tokenizer, split_chunks(ids, 3)) == ["a中", "b"]
+    assert chunk_texts(tokenizer, split_chunks(ids, 2)) == ["a", "中", "b"]
+    assert chunk_texts(tokenizer, split_chunks(ids, 3)) == ["a", "中b"]
+    assert chunk_texts(tokenizer, split_chunks(ids, 4)) == ["a中", "b"]
 
 
-def test_split_character_is_rendered_once_in_the_chunk_of_its_first_byte_qwen3():
+def test_split_character_is_rendered_once_in_the_chunk_where_it_completes_qwen3():
     tokenizer = qwen3()
     text = "龘靐齉"
     ids = tokenizer(text)["input_ids"]
     pieces = token_bytes(tokenizer, ids)
     assert pieces[0] == "龘".encode()[:2]  # Qwen3 splits this character over two tokens
     texts = chunk_texts(tokenizer, [[ids[0]], ids[1:]])
-    assert texts == ["龘", "靐齉"]
+    assert texts == ["", "龘靐齉"]
 
 
 alphabet = st.sampled_from(list("ab xyZ.\n") + list("中文字龘靐齉") + ["😀", "\u200d", "\u0301", "é", "𠜎", "ω"])

@@ -32,24 +32,33 @@ def split_compressed(ids: list[int], chunk_tokens: int, visual_tokens: int) -> t
     return chunks, []
 
 
-def _is_continuation(byte: int) -> bool:
-    return byte & 0xC0 == 0x80
+def complete_prefix(data: bytes) -> int:
+    """Length of `data` without a trailing, incomplete UTF-8 character."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # ASCII or a lead byte
+            need = 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4 if byte >> 3 == 0b11110 else 1
+            return len(data) - back if need > back else len(data)
+    return len(data)
+
+
+class PageTexts:
+    """The text of each chunk's page, one chunk after another, causally: a character whose
+    bytes straddle a chunk boundary is rendered whole in the later chunk, where it is complete.
+    Generation renders a chunk as soon as it is finished, so it cannot wait for the next one."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.pending = b""
+
+    def next(self, chunk: list[int], last: bool = False) -> str:
+        data = self.pending + b"".join(token_bytes(self.tokenizer, chunk))
+        cut = len(data) if last else complete_prefix(data)
+        self.pending = data[cut:]
+        return data[:cut].decode("utf-8", errors="replace")
 
 
 def chunk_texts(tokenizer, chunks: list[list[int]]) -> list[str]:
-    """The text each chunk renders; "".join(result) is the decoded text of all chunks.
-
-    A character whose UTF-8 bytes straddle a chunk boundary is rendered whole, once: in the
-    chunk where its first byte lies. So a chunk may lend its first bytes to the chunk before.
-    """
-    pieces = token_bytes(tokenizer, [index for chunk in chunks for index in chunk])
-    data = b"".join(pieces)
-    bounds, offset, token = [0], 0, 0
-    for chunk in chunks:
-        offset += sum(len(piece) for piece in pieces[token : token + len(chunk)])
-        token += len(chunk)
-        bound = max(offset, bounds[-1])
-        while bound < len(data) and _is_continuation(data[bound]):
-            bound += 1  # the character began in an earlier chunk: it is rendered there
-        bounds.append(bound)
-    return [data[start:end].decode("utf-8", errors="replace") for start, end in zip(bounds, bounds[1:])]
+    """The text each chunk renders (see `PageTexts`); "".join(result) is the decoded text."""
+    pages = PageTexts(tokenizer)
+    return [pages.next(chunk, last=index == len(chunks) - 1) for index, chunk in enumerate(chunks)]

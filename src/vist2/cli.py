@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Each helper below registers one subcommand.
     _add_render(commands)
+    _add_generate(commands)
+    _add_verify(commands)
     _add_layout(commands)
     args = parser.parse_args(argv)
     try:
@@ -127,6 +129,85 @@ def _layout(args) -> int:
     for row in description["mask"]:
         print("".join("#" if allowed else "." for allowed in row))
     return 0
+
+
+def _add_model_source(parser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="a vist2 checkpoint folder")
+    source.add_argument("--preset", help="a preset with random weights (seeded), e.g. tiny, smollm2-135m")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random weights and sampling (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def _add_generate(commands) -> None:
+    parser = commands.add_parser("generate", help="generate a response in gcc, pcc or text mode")
+    _add_model_source(parser)
+    prompt = parser.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="the user query")
+    prompt.add_argument("--prompt-file", help="read the user query from this UTF-8 file")
+    parser.add_argument("--mode", default="gcc", help="gcc (VIST2), pcc (query compressed) or text (default gcc)")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=0)
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    parser.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence tokens")
+    parser.add_argument("--json", action="store_true", help="print one JSON object: text, mode, stats")
+    parser.set_defaults(run=_generate)
+
+
+def _generate(args) -> int:
+    import json
+
+    from vist2.generate import GenerationConfig, generate, load_model, stream
+
+    if args.prompt_file is not None:
+        try:
+            with open(args.prompt_file, encoding="utf-8") as handle:
+                prompt = handle.read()
+        except (OSError, UnicodeDecodeError) as error:
+            raise Vist2Error(f"cannot read {args.prompt_file}: {error}") from error
+    else:
+        prompt = args.prompt
+    config = GenerationConfig(
+        mode=args.mode, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size, stop_strings=tuple(args.stop),
+        ignore_eos=args.ignore_eos, seed=args.seed,
+    )
+    model, tokenizer = load_model(args.model, args.preset, args.seed, args.device)
+    if args.json:
+        result = generate(model, tokenizer, prompt, config)
+        print(json.dumps({"text": result.text, "mode": result.mode, "stats": result.stats.as_dict()}))
+    else:
+        for piece in stream(model, tokenizer, prompt, config):
+            print(piece, end="", flush=True)
+        print()
+    return 0
+
+
+def _add_verify(commands) -> None:
+    parser = commands.add_parser("verify", help="check incremental gcc/pcc/text decoding against the masked forward")
+    _add_model_source(parser)
+    parser.add_argument("--tolerance", type=float, help="largest allowed |logit difference| (default: 1e-4 in fp32)")
+    parser.add_argument("--chunk-tokens", type=int, help="check with this K instead of the model's (shorter runs)")
+    parser.set_defaults(run=_verify)
+
+
+def _verify(args) -> int:
+    from vist2.generate import load_model
+    from vist2.verify import tolerance, verify
+
+    model, tokenizer = load_model(args.model, args.preset, args.seed, args.device)
+    if args.chunk_tokens is not None:
+        model.config = model.config.replace(**{"chunk.chunk_tokens": args.chunk_tokens})
+    limit = args.tolerance if args.tolerance is not None else tolerance(model)
+    worst = verify(model, tokenizer, seed=args.seed)
+    verdict = "ok" if worst <= limit else "FAILED"
+    print(f"largest |logit difference| {worst:.3g} (tolerance {limit:g}): {verdict}")
+    return 0 if worst <= limit else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,106 @@
+"""`vist2 verify`: incremental generation equals the teacher-forced forward (DESIGN 5).
+
+Random queries and forced responses go through `generate.score` (prefill chunk by chunk,
+decode token by token, compress and evict in gcc) and through one forward of the same
+layout with the dense reference mask (`layout.dense_mask`). The layouts come from
+`stages.sft` (gcc) or are built here the way generation lays out pcc and text. The largest
+absolute logit difference over every forced token must stay under the tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import torch
+
+from vist2 import layout as L
+from vist2.chunking import chunk_texts, split_compressed
+from vist2.errors import Vist2Error
+from vist2.generate import fitting_text, score
+from vist2.stages import Example, chat_parts, collate, sft
+
+TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}  # other dtypes: 5e-2
+
+
+def teacher_example(tokenizer, renderer, query: list[int], response: list[int], mode: str, chunk_tokens: int,
+                    beta: int, sees_text: bool, placeholder: int = 0) -> Example:
+    """The layout generation builds for `mode`, response (ending in the end-of-turn) with loss."""
+    user, assistant, end = chat_parts(tokenizer)
+    forced = response + end
+    if mode == "text":
+        ids = user + query + assistant + forced
+        return Example((L.text(len(ids) - len(forced)), L.text(len(forced), loss=True)), ids)
+    if mode == "gcc":
+        example = sft(tokenizer, query, response, chunk_tokens, beta, placeholder, sees_text)
+        example.pages = [fitting_text(renderer, page) for page in example.pages]  # as generation renders them
+        return example
+    chunks, tail = split_compressed(query, chunk_tokens, beta)
+    segments, ids = [L.text(len(user))], list(user)
+    for index in range(len(chunks)):
+        segments.append(L.visual(beta, index))
+        ids += [placeholder] * beta
+    segments += [L.text(len(tail + assistant)), L.text(len(forced), loss=True)]
+    ids += tail + assistant + forced
+    pages = [fitting_text(renderer, page) for page in chunk_texts(tokenizer, chunks)]
+    return Example(tuple(segments), ids, pages)
+
+
+@torch.inference_mode()
+def teacher_logits(model, renderer, example: Example, pad_id: int) -> torch.Tensor:
+    """(N, V) fp32 logits that predict the loss tokens, from one forward with the dense mask."""
+    bidirectional = model.config.chunk.bidirectional_visual
+    batch = collate([example], renderer, pad_id, bidirectional)
+    batch.pop("labels")
+    batch["attention_mask"] = L.dense_mask(example.layout, bidirectional)[None, None]
+    batch = {name: value.to(model.device) for name, value in batch.items()}
+    logits = model(**batch).logits[0].float()
+    targets = torch.nonzero(L.loss_mask(example.layout))[:, 0]
+    return logits[targets - 1]
+
+
+def cases(chunk_tokens: int, beta: int) -> list[tuple[str, bool, int, int]]:
+    """(mode, visual_sees_text, query length, response length): several chunks, a length not
+    divisible by K, queries with and without a raw tail, blocks with and without sight of text."""
+    K = chunk_tokens
+    with_tail = K + max(1, min(beta, K - 1) // 2)  # residual <= beta stays raw text
+    without_tail = 2 * K
+    response = 2 * K + 3
+    found = [("gcc", True, without_tail, response), ("gcc", True, with_tail, response),
+             ("gcc", False, with_tail, response), ("pcc", True, without_tail, response),
+             ("pcc", True, with_tail, response), ("text", True, with_tail, response)]
+    if beta + 1 < K:  # a residual longer than beta is compressed too
+        found.append(("gcc", True, K + beta + 1, response))
+    return found
+
+
+def verify(model, tokenizer, renderer=None, seed: int = 0, report=print) -> float:
+    """Run every case; returns the largest absolute logit difference."""
+    from vist2.render import Renderer
+
+    renderer = renderer or Renderer(model.config.render)
+    K, beta = model.config.chunk.chunk_tokens, model.config.visual_tokens
+    special = set(tokenizer.all_special_ids)
+    vocab = [index for index in range(min(len(tokenizer), model.llm.config.vocab_size)) if index not in special]
+    rng = random.Random(seed)
+    worst = 0.0
+    for mode, sees_text, query_length, response_length in cases(K, beta):
+        variant = copy.copy(model)  # shares the weights; only the chunk option differs
+        variant.config = model.config.replace(**{"chunk.visual_sees_text": sees_text})
+        query = [rng.choice(vocab) for _ in range(query_length)]
+        response = [rng.choice(vocab) for _ in range(response_length)]
+        example = teacher_example(tokenizer, renderer, query, response, mode, K, beta, sees_text)
+        expected = teacher_logits(variant, renderer, example, pad_id=vocab[0])
+        _, _, end = chat_parts(tokenizer)
+        actual = score(variant, tokenizer, query, response + end, mode, renderer)
+        if actual.shape != expected.shape:
+            raise Vist2Error(f"{mode}: {actual.shape[0]} incremental steps for {expected.shape[0]} targets")
+        difference = (actual - expected).abs().max().item()
+        worst = max(worst, difference)
+        report(f"{mode:4} visual_sees_text={sees_text!s:5} query={query_length:5} response={response_length:5}"
+               f"  max |logit difference| = {difference:.3g}")
+    return worst
+
+
+def tolerance(model) -> float:
+    return TOLERANCE.get(model.dtype, 5e-2)

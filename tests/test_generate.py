@@ -1,0 +1,179 @@
+"""Generation: text mode equals Hugging Face greedy, eviction really frees the cache, gcc
+memory stays flat, decoding options, batches, streaming, bad input and the CLI."""
+
+import json
+
+import pytest
+import torch
+
+from vist2 import generate as G
+from vist2.cache import KVCache
+from vist2.chunking import split_compressed
+from vist2.cli import main
+from vist2.errors import Vist2Error
+from vist2.chunking import chunk_texts
+from vist2.generate import GenerationConfig, generate, load_model, stream
+from vist2.stages import chat_parts
+
+PROMPT = "Summarise the following notes, please. " * 3
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.set_num_threads(1)
+    return load_model(preset_name="tiny", seed=0)
+
+
+def greedy(mode, n, **options):
+    return GenerationConfig(mode=mode, max_new_tokens=n, ignore_eos=True, **options)
+
+
+def test_text_mode_equals_hugging_face_greedy(tiny):
+    model, tokenizer = tiny
+    user, assistant, _ = chat_parts(tokenizer)
+    ids = user + tokenizer.encode(PROMPT) + assistant
+    expected = model.llm.generate(torch.tensor([ids]), max_new_tokens=40, min_new_tokens=40, do_sample=False)
+    result = generate(model, tokenizer, PROMPT, greedy("text", 40))
+    assert result.token_ids == expected[0, len(ids):].tolist()
+
+
+def test_gcc_cache_holds_persistent_plus_current_chunk_and_frees_evicted_entries(tiny, monkeypatch):
+    model, tokenizer = tiny
+    K, beta = model.config.chunk.chunk_tokens, model.config.visual_tokens
+    seen = {"steps": 0, "compressed": 0}
+    decode_one_token, compress_chunk = G.decode_one_token, G.compress_chunk
+
+    def checked_decode(model_, state, tokens, transient):
+        decode_one_token(model_, state, tokens, transient)
+        # single row: persistent entries == next persistent position; the chunk sits on top
+        assert len(state.kv) == int(state.base[0]) + state.offset and state.offset <= K
+        seen["steps"] += 1
+
+    def checked_compress(model_, renderer, state, stats):
+        before = state.kv.cache.layers[0].keys.shape[-2]
+        compress_chunk(model_, renderer, state, stats)
+        assert state.offset == 0 and len(state.kv) == int(state.base[0]) == before + beta - K
+        for layer in state.kv.cache.layers:
+            assert layer.keys.shape[-2] == layer.values.shape[-2] == len(state.kv)
+            assert layer.keys.untyped_storage().nbytes() == layer.keys.numel() * layer.keys.element_size()
+        seen["compressed"] += 1
+
+    monkeypatch.setattr(G, "decode_one_token", checked_decode)
+    monkeypatch.setattr(G, "compress_chunk", checked_compress)
+    result = generate(model, tokenizer, PROMPT, greedy("gcc", 3 * K + 5))
+    assert seen == {"steps": 3 * K + 4, "compressed": 3} and result.stats.chunks_compressed == 3
+
+
+def test_evict_allocates_smaller_tensors():
+    cache = KVCache.empty(load_model(preset_name="tiny")[0].llm.config, 1, torch.device("cpu"))
+    for layer in cache.cache.layers:
+        layer.update(torch.randn(1, 2, 10, 16), torch.randn(1, 2, 10, 16))
+    cache.appended(10)
+    old = cache.cache.layers[0].keys
+    cache.evict(4, 9)
+    keys = cache.cache.layers[0].keys
+    assert keys.shape[-2] == len(cache) == 5 and keys.untyped_storage().nbytes() == 5 * 2 * 16 * 4
+    assert torch.equal(keys, torch.cat([old[..., :4, :], old[..., 9:, :]], dim=-2))
+
+
+def test_gcc_kv_stays_flat_while_text_grows(tiny):
+    model, tokenizer = tiny
+    K, beta = model.config.chunk.chunk_tokens, model.config.visual_tokens
+    user, assistant, _ = chat_parts(tokenizer)
+    query = tokenizer.encode(PROMPT)
+    chunks, tail = split_compressed(query, K, beta)
+    prompt_tokens = len(user) + len(chunks) * beta + len(tail) + len(assistant)
+    gcc = generate(model, tokenizer, PROMPT, greedy("gcc", 6 * K)).stats
+    text = generate(model, tokenizer, PROMPT, greedy("text", 6 * K)).stats
+    assert gcc.chunks_compressed == 5
+    assert gcc.kv_tokens_peak <= prompt_tokens + gcc.chunks_compressed * beta + K
+    assert text.kv_tokens_peak == len(user + query + assistant) + 6 * K - 1 == text.kv_tokens_full_text - 1
+    assert gcc.kv_bytes_peak < text.kv_bytes_peak / 2
+    assert gcc.render_s > 0 and gcc.encode_s > 0 and text.encode_s == 0
+
+
+@pytest.mark.parametrize("mode", ["text", "pcc", "gcc"])
+def test_batch_equals_single_prompts(tiny, mode):
+    model, tokenizer = tiny
+    prompts = ["Hi.", PROMPT]
+    batch = generate(model, tokenizer, prompts, greedy(mode, 70))
+    for prompt, result in zip(prompts, batch):
+        single = generate(model, tokenizer, prompt, greedy(mode, 70))
+        assert result.token_ids == single.token_ids
+        assert result.stats.kv_tokens_peak == single.stats.kv_tokens_peak
+
+
+def test_sampling_options(tiny):
+    model, tokenizer = tiny
+    first = generate(model, tokenizer, PROMPT, greedy("pcc", 30, temperature=1.0, seed=3))
+    again = generate(model, tokenizer, PROMPT, greedy("pcc", 30, temperature=1.0, seed=3))
+    other = generate(model, tokenizer, PROMPT, greedy("pcc", 30, temperature=1.0, seed=4))
+    assert first.token_ids == again.token_ids != other.token_ids
+    top1 = generate(model, tokenizer, PROMPT, greedy("pcc", 30, temperature=2.0, top_k=1, seed=5))
+    nucleus = generate(model, tokenizer, PROMPT, greedy("pcc", 30, temperature=2.0, top_p=1e-6, seed=5))
+    assert top1.token_ids == nucleus.token_ids == generate(model, tokenizer, PROMPT, greedy("pcc", 30)).token_ids
+    ids = generate(model, tokenizer, PROMPT, greedy("gcc", 80, no_repeat_ngram_size=2)).token_ids
+    bigrams = list(zip(ids, ids[1:]))
+    assert len(bigrams) == len(set(bigrams))
+    plain = generate(model, tokenizer, PROMPT, greedy("gcc", 80)).token_ids
+    penalised = generate(model, tokenizer, PROMPT, greedy("gcc", 80, repetition_penalty=5.0)).token_ids
+    assert len(set(penalised)) > len(set(plain))
+
+
+def test_stop_string_eos_and_stream(tiny):
+    model, tokenizer = tiny
+    free = generate(model, tokenizer, PROMPT, greedy("gcc", 100, temperature=1.0, seed=0))
+    stop = free.text[20:23]
+    cut = generate(model, tokenizer, PROMPT, greedy("gcc", 100, temperature=1.0, seed=0, stop_strings=(stop,)))
+    assert cut.text == free.text[: free.text.index(stop)]
+    config = greedy("gcc", 100, temperature=1.0, seed=0, stop_strings=(stop,))
+    assert "".join(stream(model, tokenizer, PROMPT, config)) == cut.text
+    eos = tokenizer.eos_token_id
+    sampled = GenerationConfig(mode="pcc", max_new_tokens=400, temperature=1.5, seed=1)
+    result = generate(model, tokenizer, PROMPT, sampled)  # the random model emits EOS/<|im_end|> at random
+    assert result.stats.generated_tokens == len(result.token_ids) + 1 < 400
+    assert eos not in result.token_ids
+
+
+def test_response_pages_render_a_split_character_whole_in_the_later_chunk(tiny):
+    _, tokenizer = tiny
+    ids = tokenizer.encode("abé!")  # é is two bytes: split them across chunks
+    assert chunk_texts(tokenizer, [ids[:3], ids[3:]]) == ["ab", "é!"]
+
+
+def test_bad_input(tiny, tmp_path):
+    model, tokenizer = tiny
+    with pytest.raises(Vist2Error, match="empty"):
+        generate(model, tokenizer, "  ", GenerationConfig())
+    with pytest.raises(Vist2Error, match="unknown mode"):
+        GenerationConfig(mode="fast")
+    for n in (0, -3):
+        with pytest.raises(Vist2Error, match="max_new_tokens"):
+            GenerationConfig(max_new_tokens=n)
+    with pytest.raises(Vist2Error, match="not a vist2 checkpoint"):
+        load_model(str(tmp_path))
+    from vist2.model import Vist2Model
+
+    params = dict(model.config.llm.params, max_position_embeddings=300)  # a backbone with 300 positions
+    limited = Vist2Model(model.config.replace(**{"llm.params": params})).eval()
+    long_prompt = "word " * 100  # 500 byte tokens
+    with pytest.raises(Vist2Error, match="limit of 300"):
+        generate(limited, tokenizer, long_prompt, greedy("text", 10))
+    assert generate(limited, tokenizer, long_prompt, greedy("gcc", 10)).stats.generated_tokens == 10
+
+
+def test_cli_generate_gcc_memory_is_flat(capsys):
+    args = ["generate", "--preset", "tiny", "--prompt", "Hello there, summarise this.", "--ignore-eos", "--json"]
+    assert main(args + ["--mode", "gcc", "--max-new-tokens", "2000"]) == 0
+    gcc = json.loads(capsys.readouterr().out)
+    stats = gcc["stats"]
+    assert gcc["mode"] == "gcc" and stats["generated_tokens"] == 2000 and stats["chunks_compressed"] == 31
+    persistent = stats["kv_tokens_final"] - (2000 - 1 - 31 * 64)  # the last, unfinished chunk is transient
+    assert stats["kv_tokens_peak"] <= persistent + 64 < stats["kv_tokens_full_text"] / 3
+    assert main(args + ["--mode", "text", "--max-new-tokens", "300"]) == 0
+    text = json.loads(capsys.readouterr().out)["stats"]
+    assert text["kv_tokens_peak"] == text["kv_tokens_full_text"] - 1
+    assert main(args + ["--mode", "nope"]) == 2
+    assert "unknown mode" in capsys.readouterr().err
+    assert main(["generate", "--preset", "tiny", "--prompt", "", "--mode", "text"]) == 2
+    assert main(["generate", "--preset", "tiny", "--prompt", "x", "--max-new-tokens", "0"]) == 2
