@@ -6,6 +6,7 @@ Heavy modules are imported inside each command so `vist2 --help` stays instant.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from vist2.errors import Vist2Error
@@ -22,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_generate(commands)
     _add_verify(commands)
     _add_layout(commands)
+    _add_bench(commands)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.command_line = "vist2 " + shlex.join(argv)  # recorded in result files
     try:
         code = args.run(args)
     except Vist2Error as error:
@@ -208,6 +212,105 @@ def _verify(args) -> int:
     verdict = "ok" if worst <= limit else "FAILED"
     print(f"largest |logit difference| {worst:.3g} (tolerance {limit:g}): {verdict}")
     return 0 if worst <= limit else 1
+
+
+def _add_bench(commands) -> None:
+    parser = commands.add_parser("bench", help="measure text, pcc and gcc: first token, throughput, KV, FLOPs")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", help="a vist2 checkpoint folder")
+    source.add_argument("--preset", default="tiny", help="a preset with random weights (default tiny)")
+    parser.add_argument("--scenario", default="all", help="long-writing, long-context or all (default all)")
+    parser.add_argument("--lengths", help="comma-separated lengths replacing the grid's: responses for "
+                        "long-writing, queries for long-context (e.g. 1024,16384)")
+    parser.add_argument("--scale", type=float, help="multiply the grid's lengths (default 1 on GPU, 1/16 on CPU)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case and mode; medians (default 3)")
+    parser.add_argument("--count-limit", type=int, default=1500,
+                        help="count FLOPs on the generation itself up to this many forwards; beyond, "
+                        "on the meta device (FlopCounterMode slows a forward ~10x; default 1500)")
+    parser.add_argument("--chunk-tokens", type=int, help="override K of the model's config")
+    parser.add_argument("--page", help="override the page size WxH (beta = W/16s * H/16s), e.g. 256x256")
+    parser.add_argument("--max-positions", type=int,
+                        help="override the preset LLM's max_position_embeddings (random-weight presets only)")
+    parser.add_argument("--paper-sizes", nargs="*", metavar="PRESET",
+                        help="also count these paper presets on the meta device (no names: all three)")
+    parser.add_argument("--no-measure", action="store_true", help="only the --paper-sizes counts")
+    parser.add_argument("--out", default="bench", help="output folder (default ./bench)")
+    parser.add_argument("--name", default="bench", help="file stem: NAME.json, NAME.png (default bench)")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: cuda if any)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                        help="model dtype (default bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
+    parser.set_defaults(run=_bench)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _bench(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from vist2.bench.run import bench
+    from vist2.bench.scenarios import CPU_SCALE, cases
+
+    if args.repeats < 1:
+        raise Vist2Error("--repeats must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        lengths = [int(n) for n in args.lengths.split(",")] if args.lengths else None
+    except ValueError:
+        raise Vist2Error(f"--lengths must be comma-separated integers, got {args.lengths!r}") from None
+    scale = args.scale or (1.0 if args.device.startswith("cuda") else CPU_SCALE)
+    grid = [] if args.no_measure else cases(args.scenario, lengths, scale)
+    paper = args.paper_sizes
+    if paper == []:
+        paper = ["vist2-0.6b", "vist2-4b", "vist2-8b"]
+    if args.no_measure and not paper:
+        raise Vist2Error("--no-measure needs --paper-sizes")
+    model = tokenizer = None
+    if grid:
+        model, tokenizer = _bench_model(args)
+    arguments = {k: v for k, v in vars(args).items() if k not in ("run", "command_line")}
+    bench(model, tokenizer, grid, args.repeats, Path(args.out), args.name, paper or [],
+          cases(args.scenario, None, 1.0) if paper else [], args.command_line, arguments, args.count_limit)
+    return 0
+
+
+def _bench_model(args):
+    """The model to measure: a checkpoint or a seeded random preset, with K / page overridden."""
+    import torch
+
+    from vist2.model import Vist2Model
+    from vist2.presets import preset
+    from vist2.tokenizer import load_tokenizer
+
+    changes = {}
+    if args.chunk_tokens:
+        changes["chunk.chunk_tokens"] = args.chunk_tokens
+    if args.page:
+        try:
+            width, height = (int(n) for n in args.page.lower().split("x"))
+        except ValueError:
+            raise Vist2Error(f"--page must look like 256x256, got {args.page!r}") from None
+        changes.update({"render.width": width, "render.height": height})
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    if args.model:
+        model = Vist2Model.from_pretrained(args.model, device=args.device)
+        model.config = model.config.replace(**changes)
+    else:
+        config = preset(args.preset)
+        if args.max_positions:
+            changes["llm.params"] = {**config.llm.params, "max_position_embeddings": args.max_positions}
+        torch.manual_seed(args.seed)
+        model = Vist2Model(config.replace(**changes))
+    model = model.to(device=args.device, dtype=dtype).eval()
+    return model, load_tokenizer(model.config.tokenizer)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,167 @@
+"""What each mode's layout implies: its forwards, KV cache sizes and FLOPs, without running it.
+
+`forward_steps` lists the LLM forwards one generation performs, in the order
+`vist2.generate` performs them (prefill in pieces of K tokens and batches of PAGE_BATCH
+pages; text/pcc feed each sampled token but the last; gcc also runs a visual block of
+beta tokens per finished chunk, then evicts the chunk's K text entries). From the steps:
+
+- `kv_peak`: the most cache entries held (persistent segments + the current chunk, + the
+  visual block being appended while it still sees its chunk);
+- `dense_flops`: FLOPs as a dense kernel computes them (every score of each new block
+  against the whole cache, masked or not), which is what `FlopCounterMode` counts;
+- `layout_flops`: the bound a mask-aware kernel could reach: only the (query, key) pairs
+  the attention rule allows (causal inside a block, hidden cache entries skipped);
+- `meta_flops`: `FlopCounterMode` on a meta-device model, one counted forward per run of
+  steps: FLOPs of a forward are affine in its cache length, so a run of n forwards whose
+  cache grows by their own size each time costs n times the forward at the mean cache
+  length (two forwards when that mean falls between two integers). A 16K-token decode
+  then needs a few dozen counted forwards instead of 16K.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from vist2.bench.flops import LLMShape, VisionShape, count_llm_step, count_page
+from vist2.chunking import split_chunks, split_compressed
+
+PAGE_BATCH = 8  # as vist2.generate.PAGE_BATCH: query pages encoded per prefill forward
+
+
+@dataclass(frozen=True)
+class Step:
+    """One LLM forward: `queries` new tokens over `cache` cached entries, `hidden` of which
+    the new tokens may not see; `pages` pages encoded for it; `evict` entries dropped after."""
+
+    kind: str  # "prefill" | "pages" | "decode" | "visual"
+    queries: int
+    cache: int
+    hidden: int = 0
+    pages: int = 0
+    evict: int = 0
+    block: int = 1  # visual blocks: beta tokens each
+
+
+@dataclass(frozen=True)
+class PromptShape:
+    """Token counts of the ChatML prompt: user prefix, query, assistant prefix."""
+
+    user: int
+    query: int
+    assistant: int
+
+    @classmethod
+    def of(cls, tokenizer, query_tokens: int) -> PromptShape:
+        from vist2.stages import chat_parts
+
+        user, assistant, _ = chat_parts(tokenizer)
+        return cls(len(user), query_tokens, len(assistant))
+
+
+def forward_steps(mode: str, prompt: PromptShape, response: int, chunk_tokens: int, beta: int,
+                  visual_sees_text: bool = True) -> list[Step]:
+    """The forwards of one generation of `response` tokens (ignore_eos: it runs to the end)."""
+    K, steps, cache = chunk_tokens, [], 0
+
+    def text(count: int) -> None:
+        nonlocal cache
+        for piece in split_chunks(list(range(count)), K):
+            steps.append(Step("prefill", len(piece), cache))
+            cache += len(piece)
+
+    if mode == "text":
+        text(prompt.user + prompt.query + prompt.assistant)
+    else:
+        chunks, tail = split_compressed(list(range(prompt.query)), K, beta)
+        text(prompt.user)
+        for start in range(0, len(chunks), PAGE_BATCH):
+            pages = len(chunks[start:start + PAGE_BATCH])
+            steps.append(Step("pages", pages * beta, cache, pages=pages, block=beta))
+            cache += pages * beta
+        text(len(tail) + prompt.assistant)
+    chunk = 0
+    for _ in range(response - 1):  # the last sampled token is never fed back
+        chunk += 1
+        complete = mode == "gcc" and chunk == K
+        if not complete or visual_sees_text:
+            steps.append(Step("decode", 1, cache))
+            cache += 1
+        if complete:
+            fed = K if visual_sees_text else K - 1
+            steps.append(Step("visual", beta, cache, hidden=0 if visual_sees_text else fed,
+                              pages=1, evict=fed, block=beta))
+            cache += beta - fed
+            chunk = 0
+    return steps
+
+
+def kv_peak(steps: list[Step]) -> int:
+    """Most cache entries held at once: right after a forward, before any eviction."""
+    return max(step.cache + step.queries for step in steps)
+
+
+def kv_final(steps: list[Step]) -> int:
+    last = steps[-1]
+    return last.cache + last.queries - last.evict
+
+
+def pages(steps: list[Step]) -> int:
+    return sum(step.pages for step in steps)
+
+
+def _allowed_pairs(step: Step, bidirectional_visual: bool) -> int:
+    q = step.queries
+    inside = q * (q + 1) // 2
+    if bidirectional_visual and step.block > 1:
+        inside += (q // step.block) * step.block * (step.block - 1) // 2
+    return q * (step.cache - step.hidden) + inside
+
+
+def dense_flops(steps: list[Step], llm: LLMShape, vision: VisionShape) -> dict[str, int]:
+    """Closed-form FLOPs as dense kernels compute them (equal to `FlopCounterMode`'s count)."""
+    counts = {"llm": sum(llm.forward(s.queries, s.cache, 1) for s in steps),
+              "vision": pages(steps) * vision.encoder_per_page,
+              "aligner": pages(steps) * vision.aligner_per_page}
+    return {**counts, "total": sum(counts.values())}
+
+
+def layout_flops(steps: list[Step], llm: LLMShape, vision: VisionShape,
+                 bidirectional_visual: bool = False) -> dict[str, int]:
+    """The bound: linear layers on every token, attention only on the pairs the mask allows."""
+    per_pair = llm.attention(1, 1)
+    linear = sum(s.queries * llm.linear_per_token + llm.head_per_row for s in steps)
+    attention = sum(_allowed_pairs(s, bidirectional_visual) for s in steps) * per_pair
+    counts = {"llm": linear + attention, "vision": pages(steps) * vision.encoder_per_page,
+              "aligner": pages(steps) * vision.aligner_per_page}
+    return {**counts, "total": sum(counts.values())}
+
+
+def _runs(steps: list[Step]) -> list[list[Step]]:
+    """Maximal runs of alike forwards whose cache grows by exactly their own size each time."""
+    runs: list[list[Step]] = []
+    for step in steps:
+        last = runs[-1][-1] if runs else None
+        if (last is not None and (last.kind, last.queries, last.hidden) == (step.kind, step.queries, step.hidden)
+                and not last.evict and step.cache == last.cache + last.queries):
+            runs[-1].append(step)
+        else:
+            runs.append([step])
+    return runs
+
+
+def meta_flops(steps: list[Step], model, page: dict[str, int] | None = None) -> dict[str, int]:
+    """FLOPs counted by `FlopCounterMode` on `model` (meta device), one forward per run of steps;
+    `page` is `count_page(model)` when the caller has it already."""
+    llm = 0
+    for run in _runs(steps):
+        n, first = len(run), run[0]
+        low = first.cache + (n - 1) // 2 * first.queries
+        high = first.cache + n // 2 * first.queries  # = low when n is odd
+        count = count_llm_step(model, first.queries, low, 1)
+        if high != low:
+            count += count_llm_step(model, first.queries, high, 1)
+        else:
+            count *= 2
+        llm += n * count // 2
+    page = page or count_page(model)
+    counts = {"llm": llm, "vision": pages(steps) * page["vision"], "aligner": pages(steps) * page["aligner"]}
+    return {**counts, "total": sum(counts.values())}

@@ -1,0 +1,216 @@
+"""FLOPs: closed-form counts for the model's shapes, and measured counts by component.
+
+Closed forms count what torch's `FlopCounterMode` counts: 2*m*n*k per matrix product
+(linear layers, attention scores and the attention-weighted values); norms, activations,
+RoPE, softmax and embedding look-ups are free. Attention is counted dense: SDPA with an
+explicit mask computes every (query, key) score of the block, masked or not.
+
+Measured counts split one model's FLOPs into the components of `Vist2Model`:
+
+    with ComponentFlops(model) as flops:
+        generate(model, tokenizer, prompt, config)
+    flops.counts  # {"llm": ..., "vision": ..., "aligner": ..., "other": ..., "total": ...}
+
+`meta_model(config)` builds a model on the meta device (no memory, no weights), and
+`count_llm_step` / `count_page` count one LLM forward or one page on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+COMPONENTS = ("llm", "vision", "aligner")
+
+
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def flop_counter() -> FlopCounterMode:
+    """A silent `FlopCounterMode` that also counts SDPA's CPU kernel (torch registers only
+    the GPU kernels, so CPU attention would otherwise count as zero)."""
+    return FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops})
+
+
+@dataclass(frozen=True)
+class LLMShape:
+    """The sizes of a decoder LLM that its FLOPs and KV cache depend on."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+
+    @classmethod
+    def from_hf(cls, config) -> LLMShape:
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return cls(config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
+                   config.num_key_value_heads or config.num_attention_heads, head_dim,
+                   config.intermediate_size, config.vocab_size)
+
+    @property
+    def linear_per_token(self) -> int:
+        """q, k, v, o projections and the gated MLP (gate, up, down), all layers; no LM head."""
+        d, q, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return self.layers * 2 * (d * q + 2 * d * kv + q * d + 3 * d * self.intermediate)
+
+    @property
+    def head_per_row(self) -> int:
+        """The LM head for one row of logits."""
+        return 2 * self.hidden * self.vocab
+
+    def attention(self, queries: int, keys: int) -> int:
+        """Scores (Q K^T) and weighted values (P V) of `queries` rows against `keys` keys."""
+        return self.layers * 4 * self.heads * self.head_dim * queries * keys
+
+    def forward(self, queries: int, cache: int, logits: int) -> int:
+        """One forward of `queries` new tokens over `cache` cached ones, with `logits` rows of logits."""
+        return queries * self.linear_per_token + self.attention(queries, cache + queries) + logits * self.head_per_row
+
+    def kv_bytes_per_token(self, element_size: int) -> int:
+        return self.layers * 2 * self.kv_heads * self.head_dim * element_size
+
+
+@dataclass(frozen=True)
+class VisionShape:
+    """ViT + pixel shuffle + aligner sizes; one page gives `patches` patches, `tokens` tokens."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    patch_pixels: int  # channels * patch * patch
+    patches: int
+    merge: int
+    llm_hidden: int
+    aligner_kind: str
+    aligner_hidden: int
+
+    @property
+    def tokens(self) -> int:
+        return self.patches // (self.merge * self.merge)
+
+    @property
+    def encoder_per_page(self) -> int:
+        n, d = self.patches, self.hidden
+        embed = 2 * n * self.patch_pixels * d
+        return embed + self.layers * (2 * n * (4 * d * d + 2 * d * self.intermediate) + 4 * n * n * d)
+
+    @property
+    def aligner_per_page(self) -> int:
+        width = self.hidden * self.merge * self.merge
+        if self.aligner_kind == "tanh":
+            return 2 * self.tokens * width * self.llm_hidden
+        return 2 * self.tokens * (width * self.aligner_hidden + self.aligner_hidden * self.llm_hidden)
+
+
+def shapes(model) -> tuple[LLMShape, VisionShape]:
+    """The shapes of a built `Vist2Model` (real or on the meta device)."""
+    config = model.config
+    vision = model.vision.model.config
+    page = config.render
+    patches = (page.width // config.vision.patch_size) * (page.height // config.vision.patch_size)
+    llm = LLMShape.from_hf(model.llm.config)
+    return llm, VisionShape(vision.num_hidden_layers, vision.hidden_size, vision.intermediate_size,
+                            vision.num_channels * config.vision.patch_size ** 2, patches, config.aligner.merge,
+                            llm.hidden, config.aligner.kind, config.aligner.mlp_hidden)
+
+
+class ComponentFlops:
+    """Counts FLOPs with one `FlopCounterMode` and attributes them to the model's components.
+
+    A global module hook notes when a call enters a module of a component (however it is
+    reached: `model(...)`, `model.llm(...)`, `model.encode_pages(...)`) and reads the
+    running total when that outermost call returns. FLOPs outside every component go to "other".
+    """
+
+    def __init__(self, model: nn.Module):
+        self.component_of = {module: name for name, part in model.parameter_groups().items()
+                             for module in part.modules()}
+        self.counts = dict.fromkeys((*COMPONENTS, "other", "total"), 0)
+        self._open: list[tuple[nn.Module, str, int]] = []  # (module, component, total at entry)
+        self._counter = flop_counter()
+        self._hooks = []
+
+    def _pre(self, module, args) -> None:
+        if not self._open and module in self.component_of:
+            self._open.append((module, self.component_of[module], self._counter.get_total_flops()))
+
+    def _post(self, module, args, output) -> None:
+        if self._open and self._open[-1][0] is module:
+            _, component, start = self._open.pop()
+            self.counts[component] += self._counter.get_total_flops() - start
+
+    def __enter__(self) -> ComponentFlops:
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+        self._counter.__enter__()
+        self._hooks = [register_module_forward_pre_hook(self._pre), register_module_forward_hook(self._post)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._counter.__exit__(*exc)
+        self._open.clear()
+        self.counts["total"] = self._counter.get_total_flops()
+        self.counts["other"] = self.counts["total"] - sum(self.counts[c] for c in COMPONENTS)
+
+
+def meta_model(config):
+    """A `Vist2Model` of `config` on the meta device: shapes only, no memory, no weights."""
+    from vist2.model import Vist2Model
+
+    weightless = config.replace(**{"llm.path": None, "vision.path": None}) if config.llm.params else config
+    with torch.device("meta"):
+        return Vist2Model(weightless).eval()
+
+
+def count_llm_step(model, queries: int, cache: int, logits: int) -> int:
+    """Counted FLOPs of one LLM forward of `queries` tokens over a cache of `cache` entries."""
+    from transformers import DynamicCache
+
+    llm, device = model.llm, model.device
+    hf = llm.config
+    shape = LLMShape.from_hf(hf)
+    past = DynamicCache(config=hf)
+    if cache:
+        kv = torch.empty(1, shape.kv_heads, cache, shape.head_dim, device=device)
+        for layer in range(shape.layers):
+            past.update(kv, kv, layer)
+    embeds = torch.empty(1, queries, shape.hidden, device=device)
+    positions = torch.arange(cache, cache + queries, device=device)[None]
+    mask = torch.ones(1, 1, queries, cache + queries, dtype=torch.bool, device=device)
+    with torch.no_grad(), flop_counter() as counter:
+        llm(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, past_key_values=past,
+            use_cache=True, logits_to_keep=logits)
+    return counter.get_total_flops()
+
+
+def count_page(model) -> dict[str, int]:
+    """Counted FLOPs of encoding one page: {"vision": ..., "aligner": ...} (meta or real model).
+
+    The tower is called as `VisionTower` calls it, but with the page's patch grid given on
+    the CPU and no padding mask (a full page has none), so nothing needs tensor data."""
+    config, device = model.config, model.device
+    tower = model.vision.model
+    patch, channels = config.vision.patch_size, tower.config.num_channels
+    rows, cols = config.render.height // patch, config.render.width // patch
+    with torch.no_grad(), flop_counter() as counter:
+        if model.vision.siglip2:
+            pixels = torch.empty(1, rows * cols, channels * patch * patch, device=device)
+            hidden = tower(pixel_values=pixels, pixel_attention_mask=None, spatial_shapes=torch.tensor([[rows, cols]]))
+        else:
+            hidden = tower(pixel_values=torch.empty(1, channels, config.render.height, config.render.width, device=device))
+    vision = counter.get_total_flops()
+    features = hidden.last_hidden_state.reshape(1, rows, cols, -1)
+    with torch.no_grad(), flop_counter() as counter:
+        model.aligner(features)
+    return {"vision": vision, "aligner": counter.get_total_flops()}
