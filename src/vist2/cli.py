@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_render(commands)
     _add_generate(commands)
     _add_verify(commands)
+    _add_train(commands)
+    _add_quickstart(commands)
     _add_layout(commands)
     _add_bench(commands)
     argv = sys.argv[1:] if argv is None else argv
@@ -33,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vist2 {args.command}: error: {error}", file=sys.stderr)
         return 2
     return code or 0
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise Vist2Error(f"cannot read {path}: {error}") from error
 
 
 def _add_render(commands) -> None:
@@ -52,14 +62,7 @@ def _add_render(commands) -> None:
 def _render(args) -> int:
     from vist2.render import RenderConfig, Renderer
 
-    if args.file is not None:
-        try:
-            with open(args.file, encoding="utf-8") as handle:
-                text = handle.read()
-        except (OSError, UnicodeDecodeError) as error:
-            raise Vist2Error(f"cannot read {args.file}: {error}") from error
-    else:
-        text = args.text
+    text = args.text if args.file is None else _read_text(args.file)
     config = RenderConfig(
         width=args.width,
         height=args.height,
@@ -135,6 +138,29 @@ def _layout(args) -> int:
     return 0
 
 
+def _add_train(commands) -> None:
+    from vist2.train.config import add_arguments
+
+    parser = commands.add_parser(
+        "train", help="train one stage (captioning, ocr, olm, sft); runs under `accelerate launch` too",
+        description="Train one VIST2 stage. Defaults are the paper's (table 8) for the stage; every field can "
+                    "be set by a flag or a JSON --config file (flags win).")
+    add_arguments(parser)
+    parser.set_defaults(run=_train)
+
+
+def _train(args) -> int:
+    from vist2.train import train
+    from vist2.train.config import config_from_args
+
+    result = train(config_from_args(args))
+    if result.skipped:
+        print(f"skipped {result.skipped} caption pairs with a missing or unreadable image")
+    last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
+    print(f"trained {result.steps} steps in {result.seconds:.0f} s{last}; model saved to {result.final}")
+    return 0
+
+
 def _add_model_source(parser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a vist2 checkpoint folder")
@@ -167,14 +193,7 @@ def _generate(args) -> int:
 
     from vist2.generate import GenerationConfig, generate, load_model, stream
 
-    if args.prompt_file is not None:
-        try:
-            with open(args.prompt_file, encoding="utf-8") as handle:
-                prompt = handle.read()
-        except (OSError, UnicodeDecodeError) as error:
-            raise Vist2Error(f"cannot read {args.prompt_file}: {error}") from error
-    else:
-        prompt = args.prompt
+    prompt = args.prompt if args.prompt_file is None else _read_text(args.prompt_file)
     config = GenerationConfig(
         mode=args.mode, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, repetition_penalty=args.repetition_penalty,
@@ -236,18 +255,12 @@ def _add_bench(commands) -> None:
     parser.add_argument("--no-measure", action="store_true", help="only the --paper-sizes counts")
     parser.add_argument("--out", default="bench", help="output folder (default ./bench)")
     parser.add_argument("--name", default="bench", help="file stem: NAME.json, NAME.png (default bench)")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: cuda if any)")
+    parser.add_argument("--device", help="torch device (default: cuda if any, else cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                         help="model dtype (default bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
     parser.set_defaults(run=_bench)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _bench(args) -> int:
@@ -260,6 +273,7 @@ def _bench(args) -> int:
 
     if args.repeats < 1:
         raise Vist2Error("--repeats must be >= 1")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -311,6 +325,36 @@ def _bench_model(args):
         model = Vist2Model(config.replace(**changes))
     model = model.to(device=args.device, dtype=dtype).eval()
     return model, load_tokenizer(model.config.tokenizer)
+
+
+def _add_quickstart(commands) -> None:
+    parser = commands.add_parser(
+        "quickstart", help="train a small VIST2 on CPU, offline, in about 10 minutes, and evaluate it",
+        description="Build a small VIST2, train it (OCR then OLM) on text the install provides, evaluate on "
+                    "held-out text and print a table; saves the model, a sample page and loss plots.")
+    parser.add_argument("--output", default="vist2-quickstart", help="run folder (default ./vist2-quickstart)")
+    parser.add_argument("--minutes", type=float, default=10.0, help="training time budget (default 10)")
+    parser.add_argument("--steps", type=int, default=0, help="steps per stage instead of a time budget")
+    parser.add_argument("--eval-chunks", type=int, default=256, help="held-out pages to read (default 256)")
+    parser.add_argument("--eval-windows", type=int, default=64, help="held-out OLM windows (default 64)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: this small model gains little from more, "
+                             "and loses much on a busy CPU)")
+    parser.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
+    parser.set_defaults(run=_quickstart)
+
+
+def _quickstart(args) -> int:
+    from vist2.train.quickstart import quickstart, table
+
+    results = quickstart(args.output, args.minutes, args.steps, args.eval_chunks, args.eval_windows, args.seed,
+                         args.progress_bar, args.threads)
+    print(table(results))
+    generation = results["generation"]
+    print(f"GCC generation: {generation['text']!r}\n  stats: {generation['stats']}")
+    print(f"done in {results['seconds'] / 60:.1f} min; model, sample.png, loss_curves.png, results.json in {args.output}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,273 @@
+"""Training data from local files, as map-style datasets of `vist2.stages.Example`s.
+
+Readers: folders of *.txt, JSONL, Parquet, and `datasets.save_to_disk` folders. Records:
+  text stages (ocr, olm)   {"text": ...} (a .txt file is one record)
+  captioning               {"image": path relative to the JSONL file, "caption": ...}
+  sft                      {"query": ..., "response": ...}  (response may hold <think>...</think>)
+
+Order is deterministic and resumable: `ResumableBatches` walks a seeded permutation per
+epoch and hands rank r its share of every optimizer step, starting at any sample position.
+A key is (record index, images): the OCR curriculum picks images per sample from progress.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vist2 import stages
+from vist2.errors import Vist2Error
+
+TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file())
+
+
+def data_files(paths: tuple[str, ...]) -> list[Path]:
+    """Every readable file (or saved dataset folder) under the given paths, in sorted order."""
+    found: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if not path.exists():
+            raise Vist2Error(f"data path {path} does not exist")
+        if path.is_file() or _is_saved_dataset(path):
+            found.append(path)
+            continue
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
+        saved = sorted(p for p in path.iterdir() if _is_saved_dataset(p))
+        if not files and not saved:
+            raise Vist2Error(f"data folder {path} holds no *.txt, *.jsonl, *.parquet files or saved datasets")
+        found += files + saved
+    return found
+
+
+def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise Vist2Error(f"{path}, line {number}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise Vist2Error(f"{path}, line {number}: expected a JSON object")
+            record["_where"] = f"{path}, line {number}"
+            yield record
+
+
+def read_records(paths: tuple[str, ...]) -> list[dict[str, Any]]:
+    """All records of all files, each with "_where" (file and line) for error messages."""
+    records: list[dict[str, Any]] = []
+    for path in data_files(paths):
+        try:
+            if path.suffix == ".txt":
+                records.append({"text": path.read_text(encoding="utf-8"), "_where": str(path)})
+            elif path.suffix == ".jsonl":
+                records += _jsonl_records(path)
+            elif path.suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                rows = pq.read_table(path).to_pylist()
+                records += [dict(row, _where=f"{path}, row {i}") for i, row in enumerate(rows)]
+            else:
+                from datasets import DatasetDict, load_from_disk
+
+                saved = load_from_disk(str(path))
+                splits = saved.values() if isinstance(saved, DatasetDict) else [saved]
+                records += [dict(row, _where=f"{path}, row {i}") for split in splits for i, row in enumerate(split)]
+        except (OSError, UnicodeDecodeError) as error:
+            raise Vist2Error(f"cannot read {path}: {error}") from None
+    if not records:
+        raise Vist2Error(f"no records found in {', '.join(paths)}")
+    return records
+
+
+def field(record: dict[str, Any], name: str) -> str:
+    value = record.get(name)
+    if not isinstance(value, str):
+        raise Vist2Error(f"{record['_where']}: needs a string field {name!r}")
+    return value
+
+
+def token_stream(tokenizer, texts: list[str]) -> np.ndarray:
+    """All documents tokenized and joined, each followed by the end-of-text token."""
+    ids: list[int] = []
+    for text in texts:
+        ids += tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+    return np.asarray(ids, dtype=np.int64)
+
+
+def curriculum_images(progress: float, rng: random.Random, max_images: int, bounds: tuple[float, float]) -> int:
+    """OCR curriculum (paper PT-2): easy = 1 image, medium = 2-4, hard = more than 4."""
+    if progress < bounds[0] or max_images == 1:
+        return 1
+    if progress < bounds[1] or max_images <= 4:
+        return rng.randint(2, min(4, max_images))
+    return rng.randint(5, max_images)
+
+
+class TextStageDataset(torch.utils.data.Dataset):
+    """OCR / OLM samples cut from one token stream. OCR: a key's `images` consecutive chunks
+    from chunk unit `index`; OLM: the window `index` of as many chunks as max_length allows."""
+
+    def __init__(self, stage: str, tokenizer, texts: list[str], chunk_tokens: int, beta: int, max_length: int,
+                 sees_text: bool = True):
+        self.stage, self.tokenizer, self.chunk, self.beta, self.sees_text = stage, tokenizer, chunk_tokens, beta, sees_text
+        self.stream = token_stream(tokenizer, texts)
+        self.max_images = max(1, max_length // (chunk_tokens + beta))  # OCR: (v_i, c_i) pairs that fit
+        if stage == "olm":
+            chunks = max(1, (max_length + beta) // (chunk_tokens + beta))  # n text chunks + n-1 visual blocks
+            self.window = chunks * chunk_tokens
+        else:
+            self.window = chunk_tokens
+        self.units = len(self.stream) // self.window
+        if self.units == 0:
+            raise Vist2Error(f"the data has {len(self.stream)} tokens, fewer than one sample ({self.window})")
+
+    def __len__(self) -> int:
+        return self.units
+
+    def __getitem__(self, key: tuple[int, int]) -> stages.Example:
+        index, images = key
+        start = index * self.window
+        ids = self.stream[start : start + self.window * images].tolist()
+        pad = self.tokenizer.pad_token_id
+        if self.stage == "ocr":
+            return stages.ocr(self.tokenizer, ids, self.chunk, self.beta, pad)
+        return stages.olm(self.tokenizer, ids, self.chunk, self.beta, pad, sees_text=self.sees_text)
+
+
+def _image_ok(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+class CaptionDataset(torch.utils.data.Dataset):
+    """(image, caption) pairs; pairs with a missing or unreadable image fail or are skipped."""
+
+    def __init__(self, records: list[dict[str, Any]], tokenizer, beta: int, max_length: int, on_bad_image: str):
+        self.tokenizer, self.beta, self.max_caption = tokenizer, beta, max(1, max_length - beta)
+        self.pairs: list[tuple[Path, str]] = []
+        self.skipped: list[str] = []
+        for record in records:
+            where = record["_where"]
+            base = Path(where.split(",")[0]).parent
+            image = base / field(record, "image")
+            caption = field(record, "caption")
+            if _image_ok(image):
+                self.pairs.append((image, caption))
+            elif on_bad_image == "skip":
+                self.skipped.append(f"{where}: {image}")
+            else:
+                raise Vist2Error(f"{where}: image {image} is missing or not a readable image "
+                                 "(pass --on-bad-image skip to skip such pairs)")
+        if not self.pairs:
+            raise Vist2Error(f"no usable (image, caption) pairs; {len(self.skipped)} skipped")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: tuple[int, int]) -> stages.Example:
+        path, caption = self.pairs[key[0]]
+        with Image.open(path) as image:
+            page = image.convert("L")
+        ids = self.tokenizer.encode(caption, add_special_tokens=False)[: self.max_caption - 1]
+        return stages.captioning(page, ids + [self.tokenizer.eos_token_id], self.beta, self.tokenizer.pad_token_id)
+
+
+def sft_length(query: int, response: int, chunk_tokens: int, beta: int, template: int) -> int:
+    """Sequence length of an SFT example (tail rule on the query, interleaved response)."""
+    full, rest = divmod(query, chunk_tokens)
+    query_len = (full + (rest > beta)) * beta + (rest if rest <= beta else 0)
+    response_visual = (math.ceil(response / chunk_tokens) - 1) * beta if response else 0
+    return template + query_len + response + response_visual
+
+
+class ChatDataset(torch.utils.data.Dataset):
+    """SFT chats; a response too long for max_length is cut at the end."""
+
+    def __init__(self, records: list[dict[str, Any]], tokenizer, chunk_tokens: int, beta: int, max_length: int):
+        self.tokenizer, self.chunk, self.beta, self.max_length = tokenizer, chunk_tokens, beta, max_length
+        self.chats = [(field(r, "query"), field(r, "response")) for r in records]
+        user, assistant, end = stages.chat_parts(tokenizer)
+        self.template = len(user) + len(assistant)
+        self.end = len(end)
+
+    def __len__(self) -> int:
+        return len(self.chats)
+
+    def __getitem__(self, key: tuple[int, int]) -> stages.Example:
+        query, response = self.chats[key[0]]
+        encode = lambda s: self.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+        query_ids, response_ids = encode(query), encode(response)
+        keep = len(response_ids)
+        while keep > 0 and sft_length(len(query_ids), keep + self.end, self.chunk, self.beta,
+                                      self.template) > self.max_length:
+            keep -= 1
+        if keep == 0:
+            raise Vist2Error(f"chat {key[0]}: the query alone exceeds max_length {self.max_length}")
+        pad = self.tokenizer.pad_token_id
+        return stages.sft(self.tokenizer, query_ids, response_ids[:keep], self.chunk, self.beta, pad)
+
+
+def build_dataset(stage: str, paths: tuple[str, ...], tokenizer, chunk_tokens: int, beta: int, max_length: int,
+                  on_bad_image: str = "fail", sees_text: bool = True) -> torch.utils.data.Dataset:
+    records = read_records(paths)
+    if stage in ("ocr", "olm"):
+        texts = [field(r, "text") for r in records]
+        return TextStageDataset(stage, tokenizer, texts, chunk_tokens, beta, max_length, sees_text)
+    if stage == "captioning":
+        return CaptionDataset(records, tokenizer, beta, max_length, on_bad_image)
+    return ChatDataset(records, tokenizer, chunk_tokens, beta, max_length)
+
+
+class ResumableBatches(torch.utils.data.Sampler):
+    """Micro-batches of keys (record index, images) for one process, from sample `start` on.
+
+    Global sample p of the run is record order[p % n] of epoch p // n (a seeded permutation).
+    Optimizer step s owns samples [s*B, (s+1)*B); within it, micro-batch m of rank r is the
+    slice at (m * world + r) * micro. So the order does not depend on when a run was resumed.
+    """
+
+    def __init__(self, size: int, batch_size: int, micro_batch_size: int, rank: int, world: int, seed: int,
+                 total_steps: int, start_step: int = 0, curriculum=None):
+        self.size, self.batch, self.micro, self.rank, self.world = size, batch_size, micro_batch_size, rank, world
+        self.seed, self.total_steps, self.start_step, self.curriculum = seed, total_steps, start_step, curriculum
+        self.schedule_steps = total_steps  # the curriculum's notion of "the whole run"; a time budget resets it
+        self._orders: dict[int, list[int]] = {}
+
+    def _record(self, sample: int) -> int:
+        epoch, offset = divmod(sample, self.size)
+        if epoch not in self._orders:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            self._orders = {epoch: torch.randperm(self.size, generator=generator).tolist()}
+        return self._orders[epoch][offset]
+
+    def _images(self, sample: int, step: int) -> int:
+        if self.curriculum is None:
+            return 1
+        return self.curriculum(step / max(1, self.schedule_steps), random.Random(self.seed * 1_000_003 + sample))
+
+    def __len__(self) -> int:
+        return (self.total_steps - self.start_step) * self.batch // (self.micro * self.world)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        per_step = self.batch // (self.micro * self.world)
+        for step in range(self.start_step, self.total_steps):
+            for m in range(per_step):
+                first = step * self.batch + (m * self.world + self.rank) * self.micro
+                yield [(self._record(p), self._images(p, step)) for p in range(first, first + self.micro)]

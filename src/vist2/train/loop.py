@@ -1,0 +1,274 @@
+"""`train(config)`: one stage of VIST2 training with Hugging Face Accelerate.
+
+The same code runs on one CPU, or under `accelerate launch` on many processes (DDP, FSDP,
+DeepSpeed), with mixed precision on GPU. Each optimizer step consumes `batch_size`
+samples over all processes, reached by gradient accumulation of micro-batches. The
+learning rate is set by hand each step (warmup then cosine), so resuming needs only the
+step number. Watch a run with the tqdm bar (loss, tokens/s, ETA), TensorBoard
+(OUTPUT/tensorboard) and OUTPUT/loss.png; the trained model is OUTPUT/final.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vist2 import stages
+from vist2.config import Vist2Config
+from vist2.errors import Vist2Error
+from vist2.model import Vist2Model, read_checkpoint_config
+from vist2.presets import preset
+from vist2.render import Renderer
+from vist2.tokenizer import load_tokenizer
+from vist2.train import checkpoint as ckpt
+from vist2.train.config import PARTS, TrainConfig
+from vist2.train.data import ResumableBatches, build_dataset, curriculum_images
+
+CALIBRATION_STEPS = 3  # with max_minutes: steps run before the schedule is sized from their speed
+
+
+@dataclass
+class TrainResult:
+    final: Path  # the trained model folder
+    losses: list[float]  # one per optimizer step, from step 1
+    steps: int
+    seconds: float
+    skipped: int  # captioning pairs skipped for a bad image
+    model: Vist2Model  # the trained model (unwrapped, on this process's device)
+    tokenizer: object
+
+
+def learning_rate(config: TrainConfig, step: int, total: int) -> float:
+    """Linear warmup over warmup_ratio of the run, then cosine to 0 (or constant)."""
+    warmup = max(1, math.ceil(config.warmup_ratio * total))
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    if config.schedule == "constant":
+        return config.lr
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _load_model(config: TrainConfig, model_config: Vist2Config | None) -> tuple[Vist2Model, dict | None]:
+    """The starting model: the last checkpoint (--resume), --init, or a fresh preset."""
+    last = ckpt.complete_checkpoints(config.output)
+    if config.init:
+        init_config, _ = read_checkpoint_config(config.init)
+        if config.preset and init_config.preset != config.preset:
+            raise Vist2Error(f"--init {config.init} was trained from preset {init_config.preset!r}, "
+                             f"not {config.preset!r}")
+    if last and not config.resume:
+        raise Vist2Error(f"{config.output} already holds checkpoints; pass --resume to continue "
+                         "or choose another --output (nothing was overwritten)")
+    if config.resume and last:
+        model_dir = last[-1] / "model"
+        found, _ = read_checkpoint_config(model_dir)
+        expected = config.preset or (model_config.preset if model_config else None)
+        if expected and found.preset != expected:
+            raise Vist2Error(f"cannot resume: {last[-1]} holds a model of preset {found.preset!r}, "
+                             f"this run asks for {expected!r}")
+        if config.init:
+            ckpt.check_same_model(ckpt.model_identity(config.init), model_dir, "cannot resume: checkpoint")
+        return Vist2Model.from_pretrained(model_dir).train(), ckpt.read_progress(last[-1])
+    if config.init:
+        return Vist2Model.from_pretrained(config.init).train(), None
+    if not config.preset and model_config is None:
+        raise Vist2Error("nothing to start from: give --preset NAME or --init CHECKPOINT")
+    return Vist2Model(model_config or preset(config.preset)).train(), None
+
+
+def _freeze(model: Vist2Model, parts: tuple[str, ...]) -> list[torch.nn.Parameter]:
+    for name, part in model.parameter_groups().items():
+        part.requires_grad_(name in parts)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _save_model(accelerator, model, tokenizer, folder: Path) -> None:
+    """save_pretrained of the full weights (gathered on the main process under FSDP / ZeRO-3)."""
+    from accelerate.utils import DistributedType
+
+    state = accelerator.get_state_dict(model)  # collective under FSDP / DeepSpeed: every rank calls it
+    if not accelerator.is_main_process:
+        return
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        full = Vist2Model(unwrapped.config)
+        full.load_state_dict(state)
+        unwrapped = full
+    unwrapped.save_pretrained(folder, tokenizer)
+
+
+def _save(accelerator, model, tokenizer, output: Path, step: int, progress: dict, keep: int) -> None:
+    """Checkpoint (all ranks take part): written under a temporary name, then renamed."""
+    final = ckpt.checkpoints_dir(output) / f"{ckpt.PREFIX}{step:08d}"
+    temporary = ckpt.temporary_for(final)
+    if accelerator.is_main_process:
+        temporary.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary / "state"))
+    _save_model(accelerator, model, tokenizer, temporary / "model")
+    accelerator.wait_for_everyone()  # every rank's RNG state is in before the rename
+    if accelerator.is_main_process:
+        ckpt.write_progress(temporary, progress)
+        ckpt.publish(temporary, final)
+        ckpt.prune(output, keep)
+    accelerator.wait_for_everyone()
+
+
+def _plot(losses: list[float], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot(range(1, len(losses) + 1), losses)
+    axis.set(xlabel="optimizer step", ylabel="training loss (nats/token)", title=title)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def train(config: TrainConfig, model_config: Vist2Config | None = None) -> TrainResult:
+    """Run one stage. `model_config` starts a fresh model of a config that is no named preset."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+    config = config.with_stage_defaults()
+    output = Path(config.output)
+    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision),
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    accelerator.register_save_state_pre_hook(lambda models, weights, directory: weights.clear())
+    accelerator.register_load_state_pre_hook(lambda models, directory: models.clear())
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if config.batch_size % (config.micro_batch_size * world):
+        raise Vist2Error(f"batch_size {config.batch_size} is not a multiple of micro_batch_size "
+                         f"{config.micro_batch_size} x {world} processes")
+    accumulation = config.batch_size // (config.micro_batch_size * world)
+    set_seed(config.seed)
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_stale_temporaries(output)
+    accelerator.wait_for_everyone()
+
+    model, progress = _load_model(config, model_config)
+    tokenizer = load_tokenizer(model.config.tokenizer)
+    parts = config.train_parts or PARTS
+    trainable = _freeze(model, parts)
+    if config.gradient_checkpointing:
+        for part in (model.llm, model.vision.model):
+            part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    chunk_tokens = model.config.chunk.chunk_tokens
+    if config.page_tokens > chunk_tokens or (config.page_tokens and config.stage != "ocr"):
+        raise Vist2Error(f"page_tokens must be at most the chunk ({chunk_tokens}) and is for the ocr stage only")
+    dataset = build_dataset(config.stage, config.data, tokenizer, config.page_tokens or chunk_tokens,
+                            model.config.visual_tokens, config.max_length, config.on_bad_image,
+                            model.config.chunk.visual_sees_text)
+    per_epoch = len(dataset) // config.batch_size
+    total = config.max_steps or config.epochs * per_epoch
+    if total < 1:
+        raise Vist2Error(f"{len(dataset)} samples make no full batch of {config.batch_size}")
+    start = progress["step"] if progress else 0
+    schedule_steps = progress["schedule_steps"] if progress else total
+    losses: list[float] = progress["losses"] if progress else []
+    curriculum = None
+    if config.stage == "ocr":
+        curriculum = functools.partial(curriculum_images, max_images=dataset.max_images, bounds=config.curriculum)
+    sampler = ResumableBatches(len(dataset), config.batch_size, config.micro_batch_size, rank, world, config.seed,
+                               total, start, curriculum)
+    sampler.schedule_steps = schedule_steps
+    renderer = Renderer(model.config.render)
+    collate = functools.partial(stages.collate, renderer=renderer, pad_id=tokenizer.pad_token_id,
+                                bidirectional_visual=model.config.chunk.bidirectional_visual)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                         num_workers=config.num_workers)
+
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if progress:
+        accelerator.load_state(str(ckpt.complete_checkpoints(output)[-1] / "state"))
+    writer = None
+    if accelerator.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(output / "tensorboard"), purge_step=start + 1)
+        (output / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=schedule_steps, initial=start, desc=f"{config.stage} ({output.name})", unit="step",
+               disable=not (accelerator.is_main_process and config.progress_bar), dynamic_ncols=True)
+    batches = iter(loader)
+    began = time.perf_counter()
+    step, step_seconds = start, None
+    done = step >= min(total, schedule_steps)
+    while not done:
+        tick = time.perf_counter()
+        micro_losses, tokens = [], 0
+        for micro in range(accumulation):
+            batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
+            sync = contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(model)
+            with sync, accelerator.autocast():
+                loss = model(**batch).loss
+                accelerator.backward(loss / accumulation)
+            micro_losses.append(loss.detach().float())
+            tokens += int((batch["labels"] != -100).sum())
+        if config.grad_clip > 0:
+            accelerator.clip_grad_norm_(trainable, config.grad_clip)
+        lr = learning_rate(config, step, schedule_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        mean_loss = accelerator.reduce(torch.stack(micro_losses).mean(), "mean").item()
+        losses.append(mean_loss)
+        seconds = time.perf_counter() - tick
+        speed = tokens * world / seconds
+        if config.max_minutes and not progress and step > start + CALIBRATION_STEPS:
+            # Time budget: the schedule ends when the time does, re-estimated from recent steps
+            # (curriculum samples grow longer, so the first steps' speed would overestimate).
+            step_seconds = seconds if step_seconds is None else 0.9 * step_seconds + 0.1 * seconds
+            remaining = config.max_minutes * 60 - (time.perf_counter() - began)
+            schedule_steps = min(total, step + max(1, int(remaining / step_seconds)))
+            sampler.schedule_steps = bar.total = schedule_steps
+        if writer is not None and step % config.log_every == 0:
+            writer.add_scalar("train/loss", mean_loss, step)
+            writer.add_scalar("train/lr", lr, step)
+            writer.add_scalar("train/tokens_per_second", speed, step)
+        bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{speed:,.0f}", lr=f"{lr:.2e}")
+        bar.update(1)
+        out_of_time = config.max_minutes and time.perf_counter() - began > config.max_minutes * 60
+        done = step >= min(total, schedule_steps) or out_of_time
+        if step % config.save_every == 0 or done:
+            state = {"step": step, "schedule_steps": schedule_steps, "losses": losses}
+            _save(accelerator, model, tokenizer, output, step, state, config.keep_checkpoints)
+    bar.close()
+    seconds = time.perf_counter() - began
+
+    final = output / "final"
+    temporary = ckpt.temporary_for(final)
+    _save_model(accelerator, model, tokenizer, temporary)
+    if accelerator.is_main_process:
+        ckpt.publish(temporary, final)
+        (output / "losses.json").write_text(json.dumps(losses) + "\n")
+        if losses:
+            _plot(losses, output / "loss.png", f"VIST2 {config.stage} stage")
+        writer.close()
+    accelerator.wait_for_everyone()
+    skipped = len(getattr(dataset, "skipped", []))
+    return TrainResult(final, losses, step, seconds, skipped, accelerator.unwrap_model(model), tokenizer)
