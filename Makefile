@@ -1,4 +1,5 @@
 # `make quickstart` and `make test` set up .venv on first use, then run.
+# Extra quickstart flags: make quickstart ARGS="--minutes 30 --output runs/qs30"
 PYTHON ?= python3
 # VENV_FLAGS=--system-site-packages reuses a torch (e.g. a CUDA build) installed for $(PYTHON).
 VENV_FLAGS ?=
@@ -18,7 +19,7 @@ $(BIN)/vist2: pyproject.toml
 setup: $(BIN)/vist2
 
 quickstart: setup
-	$(BIN)/vist2 quickstart
+	$(BIN)/vist2 quickstart $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest

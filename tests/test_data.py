@@ -13,6 +13,7 @@ from vist2.errors import Vist2Error
 from vist2.presets import tiny
 from vist2.render import Renderer
 from vist2.tokenizer import byte_tokenizer
+from vist2.train.config import TrainConfig
 from vist2.train.data import (CaptionDataset, ChatDataset, ResumableBatches, build_dataset, curriculum_images,
                               read_records)
 
@@ -21,13 +22,7 @@ CONFIG = tiny()
 BETA = CONFIG.visual_tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_jsonl(path, rows):
@@ -109,6 +104,20 @@ def test_ocr_dataset_follows_the_curriculum_through_the_sampler(tmp_path):
     assert all(5 <= c <= 8 for batch in counts[6:] for c in batch)
     index, images = next(iter(sampler))[0]
     assert sum(s.kind == "visual" for s in dataset[(index, 5)].layout) == 5
+
+
+def test_olm_ocr_replay_mixes_in_ocr_samples_that_fit(tmp_path):
+    (tmp_path / "a.txt").write_text("one two three four five six seven " * 200)
+    max_length = 4 * 64 + 3 * BETA
+    dataset = build_dataset("olm", (str(tmp_path),), TOKENIZER, 64, BETA, max_length, ocr_replay=0.5)
+    examples = [dataset[(index, 1)] for index in range(len(dataset))]
+    replayed = [e for e in examples if e.layout[0].kind == "visual"]  # OCR shows the page first
+    assert 0.25 < len(replayed) / len(examples) < 0.75
+    assert all(len(e.ids) <= max_length for e in examples)
+    assert all(s.persistent for e in replayed for s in e.layout)
+    assert [dataset[(i, 1)].ids for i in range(4)] == [e.ids for e in examples[:4]]  # fixed per window
+    with pytest.raises(Vist2Error, match="ocr_replay"):
+        TrainConfig(stage="ocr", data=("x",), output="y", preset="tiny", ocr_replay=0.5)
 
 
 def test_sft_labels_cover_only_the_response():

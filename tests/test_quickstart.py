@@ -18,12 +18,7 @@ from vist2.train.quickstart import quickstart_config, random_text, split
 TOKENIZER = byte_tokenizer()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_quickstart_smoke_runs_every_stage_and_prints_the_table(tmp_path, capsys):

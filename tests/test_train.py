@@ -27,13 +27,7 @@ WORDS = "the of and to in is was for on that with as by at from this are be or a
 SMALL = dict(batch_size=4, micro_batch_size=2, max_steps=3, max_length=200, progress_bar=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def corpus(folder: Path) -> Path:

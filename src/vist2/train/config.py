@@ -55,6 +55,7 @@ class TrainConfig:
     on_bad_image: str = "fail"  # captioning pairs with a missing/corrupt image: "fail" | "skip"
     curriculum: tuple[float, float] = (1 / 3, 2 / 3)  # OCR: progress where medium / hard samples begin
     page_tokens: int = 0  # OCR: tokens per page, <= the model's chunk (short pages first); 0 = the chunk
+    ocr_replay: float = 0.0  # OLM: fraction of samples shown as OCR instead, so the LLM keeps reading
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
@@ -73,6 +74,8 @@ class TrainConfig:
             raise Vist2Error(f"on_bad_image must be 'fail' or 'skip', got {self.on_bad_image!r}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise Vist2Error(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if not 0 <= self.ocr_replay < 1 or (self.ocr_replay and self.stage != "olm"):
+            raise Vist2Error(f"ocr_replay must be in [0, 1) and is for the olm stage only, got {self.ocr_replay}")
         if self.micro_batch_size < 1 or self.save_every < 1 or self.epochs < 1:
             raise Vist2Error("micro_batch_size, save_every and epochs must be >= 1")
 

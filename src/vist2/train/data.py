@@ -118,11 +118,13 @@ def curriculum_images(progress: float, rng: random.Random, max_images: int, boun
 
 class TextStageDataset(torch.utils.data.Dataset):
     """OCR / OLM samples cut from one token stream. OCR: a key's `images` consecutive chunks
-    from chunk unit `index`; OLM: the window `index` of as many chunks as max_length allows."""
+    from chunk unit `index`; OLM: the window `index` of as many chunks as max_length allows,
+    or, for a fixed `ocr_replay` fraction of windows, its first chunks as an OCR sample."""
 
     def __init__(self, stage: str, tokenizer, texts: list[str], chunk_tokens: int, beta: int, max_length: int,
-                 sees_text: bool = True):
+                 sees_text: bool = True, ocr_replay: float = 0.0):
         self.stage, self.tokenizer, self.chunk, self.beta, self.sees_text = stage, tokenizer, chunk_tokens, beta, sees_text
+        self.ocr_replay = ocr_replay
         self.stream = token_stream(tokenizer, texts)
         self.max_images = max(1, max_length // (chunk_tokens + beta))  # OCR: (v_i, c_i) pairs that fit
         if stage == "olm":
@@ -144,6 +146,8 @@ class TextStageDataset(torch.utils.data.Dataset):
         pad = self.tokenizer.pad_token_id
         if self.stage == "ocr":
             return stages.ocr(self.tokenizer, ids, self.chunk, self.beta, pad)
+        if random.Random(index).random() < self.ocr_replay:  # OCR of n-1 chunks fits where OLM of n does
+            return stages.ocr(self.tokenizer, ids[: self.window - self.chunk], self.chunk, self.beta, pad)
         return stages.olm(self.tokenizer, ids, self.chunk, self.beta, pad, sees_text=self.sees_text)
 
 
@@ -225,11 +229,11 @@ class ChatDataset(torch.utils.data.Dataset):
 
 
 def build_dataset(stage: str, paths: tuple[str, ...], tokenizer, chunk_tokens: int, beta: int, max_length: int,
-                  on_bad_image: str = "fail", sees_text: bool = True) -> torch.utils.data.Dataset:
+                  on_bad_image: str = "fail", sees_text: bool = True, ocr_replay: float = 0.0) -> torch.utils.data.Dataset:
     records = read_records(paths)
     if stage in ("ocr", "olm"):
         texts = [field(r, "text") for r in records]
-        return TextStageDataset(stage, tokenizer, texts, chunk_tokens, beta, max_length, sees_text)
+        return TextStageDataset(stage, tokenizer, texts, chunk_tokens, beta, max_length, sees_text, ocr_replay)
     if stage == "captioning":
         return CaptionDataset(records, tokenizer, beta, max_length, on_bad_image)
     return ChatDataset(records, tokenizer, chunk_tokens, beta, max_length)

@@ -9,7 +9,8 @@ Stages, each a plain `vist2.train.train` call on files written to OUTPUT/data:
             one-line pages per sample. Text with no language-model shortcut forces the model
             to read; one line of 16 characters per page makes finding a character easy.
   ocr       OCR on the essays, with the paper's 1 / 2-4 / >4 images curriculum (at most 4 here).
-  olm       optical language modelling on essays + docs, LLM only: the next chunk from visual memory.
+  olm       optical language modelling on essays + docs, LLM only: the next chunk from visual memory;
+            half the samples are OCR of the same text (replay), or the small LLM forgets how to read.
 Then it evaluates on held-out text and prints a table, saves OUTPUT/model, a rendered
 sample page and the loss plots, and generates a continuation in GCC mode with its stats.
 
@@ -41,7 +42,7 @@ from vist2.train.data import token_stream
 from vist2.train.loop import train
 
 # Fractions of --minutes per stage; the rest is evaluation and saving.
-STAGE_SHARES = {"read": 0.5, "ocr": 0.25, "olm": 0.12}
+STAGE_SHARES = {"read": 0.4, "ocr": 0.2, "olm": 0.27}
 PAGES_PER_SAMPLE = 4  # OCR samples hold up to 4 pages; OLM windows 8 chunks
 HELD_OUT_EVERY = 8
 
@@ -200,7 +201,9 @@ def quickstart(output: str | Path, minutes: float = 10.0, steps: int = 0, eval_c
     plans = {
         "read": dict(stage="ocr", max_length=ocr_length, schedule="constant", data="random"),
         "ocr": dict(stage="ocr", max_length=ocr_length, data="essays"),
-        "olm": dict(stage="olm", max_length=8 * K + 7 * beta, train_parts=("llm",), data="essays_and_docs"),
+        # Half the OLM samples are OCR again: OLM alone teaches this small LLM not to copy pages.
+        "olm": dict(stage="olm", max_length=8 * K + 7 * beta, train_parts=("llm",), ocr_replay=0.5,
+                    data="essays_and_docs"),
     }
     losses: dict[str, list[float]] = {}
     previous = None
