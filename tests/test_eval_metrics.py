@@ -169,3 +169,16 @@ def test_loogle_cloze_match_by_hand():
     guess = "{'<mask-0>': 'Justin', '<mask-1>': 'Aragones Cerina', '<mask-2>': 'Kentwood'}"
     assert metrics.loogle_cloze(guess, truth) == {"exact_match": 1 / 3, "partial_match": 1.0}
     assert metrics.loogle_cloze("__import__('os')", truth) == {"exact_match": 0.0, "partial_match": 0.0}
+
+
+def test_rouge_recursion_boundary_falls_where_eval_py_puts_it():
+    # official eval.py on one gov_report line with these texts printed 50.0 for n = 660 and 0.0 for
+    # n = 661 (the rouge package's LCS recursion overflows); the result must not depend on our stack depth
+    def deeper(levels, n):
+        if levels:
+            return deeper(levels - 1, n)
+        hyp, ref = " ".join(f"w{i}" for i in range(n)), " ".join(f"w{i}" for i in range(0, 2 * n, 2))
+        return metrics.subset_score("gov_report", [hyp], [[ref]], None)
+
+    assert deeper(0, 660) == 50.0 and deeper(50, 660) == 50.0
+    assert deeper(0, 661) == 0.0

@@ -11,6 +11,9 @@ package (1.0.1) and any failure there (empty text, recursion on very long senten
 i.e. without python-Levenshtein, which is difflib's ratio rounded to a whole percent (with
 python-Levenshtein installed fuzzywuzzy switches to an edit-distance ratio that gives other
 numbers); classification removes classes from its match list while iterating over it.
+The `rouge` package recurses once per word of a sentence and fails past Python's recursion
+limit, so where a long unpunctuated text scores 0 depends on stack depth: `sample_score`
+shifts the limit by its depth so that the boundary falls where eval.py's falls.
 
 LooGLE (bigai-nlco/LooGLE, `Evaluation/automatic_metrics.py`), the metrics that run offline:
 BLEU-1/BLEU-4 (nltk's sentence_bleu on whitespace tokens), ROUGE-1/2/L recall (the `rouge`
@@ -26,6 +29,7 @@ import ast
 import difflib
 import re
 import string
+import sys
 from collections import Counter
 from typing import Callable, Sequence
 
@@ -178,14 +182,29 @@ FIRST_LINE_DATASETS = frozenset({"trec", "triviaqa", "samsum", "lsht"})
 LENGTH_BUCKETS = ("0-4k", "4-8k", "8k+")
 
 
+_EVAL_PY_DEPTH = 2  # frames when eval.py's scorer() calls a metric: <module>, scorer
+
+
+def _depth() -> int:
+    frame, depth = sys._getframe(1), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1
+    return depth
+
+
 def sample_score(dataset: str, prediction: str, answers: Sequence[str], all_classes=None) -> float:
     """One prediction's LongBench score in [0, 1]: the best over its answers (0 if none)."""
     metric = DATASET_METRIC[dataset]
     if dataset in FIRST_LINE_DATASETS:
         prediction = prediction.lstrip("\n").split("\n")[0]
     best = 0.0
-    for answer in answers:
-        best = max(best, metric(prediction, answer, all_classes=all_classes))
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + _depth() - _EVAL_PY_DEPTH)  # the depth eval.py's metrics run at
+    try:
+        for answer in answers:
+            best = max(best, metric(prediction, answer, all_classes=all_classes))
+    finally:
+        sys.setrecursionlimit(limit)
     return best
 
 
