@@ -182,14 +182,20 @@ FIRST_LINE_DATASETS = frozenset({"trec", "triviaqa", "samsum", "lsht"})
 LENGTH_BUCKETS = ("0-4k", "4-8k", "8k+")
 
 
-_EVAL_PY_DEPTH = 2  # frames when eval.py's scorer() calls a metric: <module>, scorer
+_EVAL_PY_DEPTH = 2  # recursion depth when eval.py's scorer() calls a metric: <module>, scorer
 
 
 def _depth() -> int:
-    frame, depth = sys._getframe(1), 0
-    while frame is not None:
-        frame, depth = frame.f_back, depth + 1
-    return depth
+    """The caller's depth as Python's recursion limit counts it (C-level calls included),
+    measured by recursing until the limit is hit."""
+
+    def down(level: int) -> int:
+        try:
+            return down(level + 1)
+        except RecursionError:
+            return level
+
+    return sys.getrecursionlimit() - down(1) - 1  # less this function's own frame
 
 
 def sample_score(dataset: str, prediction: str, answers: Sequence[str], all_classes=None) -> float:
