@@ -79,8 +79,15 @@ def test_score_command_equals_official_eval(task, tmp_path, capsys):
 
 def test_score_command_longbench_e_buckets_equal_official(tmp_path, capsys):
     _write(tmp_path / "qasper.jsonl", [r[:2] for r in E_CASES], lengths=[r[2] for r in E_CASES])
-    assert score.run(_score(tmp_path / "qasper.jsonl", "qasper", e=True)) == 0
+    parser = argparse.ArgumentParser()
+    score.add_arguments(parser)
+    argv = ["--benchmark", "longbench", "--task", "qasper", "--predictions", str(tmp_path / "qasper.jsonl"), "--e"]
+    assert score.run(parser.parse_args(argv)) == 0
     assert json.loads(capsys.readouterr().out) == {"score": OFFICIAL_E}
+    _write(tmp_path / "short.jsonl", [r[:2] for r in E_CASES[:2]], lengths=[10, 20])
+    assert score.run(_score(tmp_path / "short.jsonl", "qasper", e=True)) == 0
+    # by hand: "yes" = 1, "no it is not" vs "no" = F1(P=1/4, R=1) = 0.4; empty buckets print null
+    assert json.loads(capsys.readouterr().out) == {"score": {"0-4k": 70.0, "4-8k": None, "8k+": None}}
 
 
 def test_score_command_rejects_bad_files(tmp_path):

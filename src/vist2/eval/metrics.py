@@ -231,7 +231,8 @@ def subset_score_e(dataset: str, predictions, answers, lengths, all_classes) -> 
     buckets: dict[str, list[float]] = {name: [] for name in LENGTH_BUCKETS}
     for prediction, truths, length in zip(predictions, answers, lengths):
         buckets[length_bucket(length)].append(sample_score(dataset, prediction, truths, all_classes))
-    return {name: round(100 * float(np.mean(s)), 2) if s else None for name, s in buckets.items()}
+    # numpy's round of a numpy mean, as eval.py (it can differ from Python's round in the last digit)
+    return {name: float(round(100 * np.mean(s), 2)) if s else None for name, s in buckets.items()}
 
 
 # --- LooGLE ---------------------------------------------------------------------------------
