@@ -40,6 +40,7 @@ def test_quickstart_smoke_runs_every_stage_and_prints_the_table(tmp_path, capsys
     assert "A held-out passage as a compressed prompt: 8 pages of 8 visual tokens each" in printed
     assert f"{back['pages'][0]!r}" in printed and "the compressed passage holds 64 entries, the full text 128" in printed
     assert printed.rstrip().splitlines()[-1].startswith("done in")
+    assert len(list((output / "data" / "held_out_essays").glob("*.txt"))) > 10
     for name in ("sample.png", "loss_curves.png", "read/loss.png", "ocr/loss.png", "olm/loss.png"):
         assert (output / name).stat().st_size > 500
     model = Vist2Model.from_pretrained(output / "model")

@@ -225,6 +225,7 @@ def quickstart(output: str | Path, minutes: float = 10.0, steps: int = 0, eval_c
         "essays": _write(data / "essays", essays),
         "essays_and_docs": _write(data / "essays_and_docs", essays + docs),
     }
+    _write(data / "held_out_essays", held_essays)  # what it reads in the end: vist2 eval ocr --data this
     common = dict(seed=seed, progress_bar=progress_bar, save_every=10**9, keep_checkpoints=1, epochs=1000,
                   batch_size=16, micro_batch_size=16, warmup_ratio=0.03, lr=3e-4, mixed_precision="no",
                   train_parts=("vision", "aligner", "llm"))
