@@ -13,7 +13,7 @@ from vist2.render import Renderer
 from vist2.chunking import chunk_texts
 from vist2.tokenizer import byte_tokenizer
 from vist2.train import evaluate
-from vist2.train.quickstart import quickstart_config, random_text, split
+from vist2.train.quickstart import corpus, quickstart_config, random_text, split
 
 TOKENIZER = byte_tokenizer()
 
@@ -40,7 +40,8 @@ def test_quickstart_smoke_runs_every_stage_and_prints_the_table(tmp_path, capsys
     assert "A held-out passage as a compressed prompt: 8 pages of 8 visual tokens each" in printed
     assert f"{back['pages'][0]!r}" in printed and "the compressed passage holds 64 entries, the full text 128" in printed
     assert printed.rstrip().splitlines()[-1].startswith("done in")
-    assert len(list((output / "data" / "held_out_essays").glob("*.txt"))) > 10
+    held_out = [path.read_text() for path in sorted((output / "data" / "held_out_essays").glob("*.txt"))]
+    assert held_out == split(corpus()["essays"])[1] and back["pages"][0] in "".join(held_out)
     for name in ("sample.png", "loss_curves.png", "read/loss.png", "ocr/loss.png", "olm/loss.png"):
         assert (output / name).stat().st_size > 500
     model = Vist2Model.from_pretrained(output / "model")
