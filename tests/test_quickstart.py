@@ -38,7 +38,8 @@ def test_quickstart_smoke_runs_every_stage_and_prints_the_table(tmp_path, capsys
     assert len(back["pages"]) == len(back["read"]) == 8 and all(len(page) == 16 for page in back["pages"])
     assert back["kv_compressed"] == 8 * 8 and back["kv_full_text"] == 8 * 16 and 0 <= back["character_accuracy"] <= 1
     assert "A held-out passage as a compressed prompt: 8 pages of 8 visual tokens each" in printed
-    assert f"{back['pages'][0]!r}" in printed and "the compressed passage holds 64 entries, the full text 128" in printed
+    assert f"{back['pages'][0]!r}" in printed
+    assert "the compressed passage holds 64 entries, the full text 128" in printed
     assert printed.rstrip().splitlines()[-1].startswith("done in")
     held_out = [path.read_text() for path in sorted((output / "data" / "held_out_essays").glob("*.txt"))]
     assert held_out == split(corpus()["essays"])[1] and back["pages"][0] in "".join(held_out)

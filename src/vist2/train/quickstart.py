@@ -160,7 +160,8 @@ def _ocr_scores(model, tokenizer, chunks: list[list[int]], renderer) -> dict:
     extra = row.extra
     return {"bits_per_char": extra["bits_per_char"], "bits_per_char_blank_page": extra["bits_per_char_blank_page"],
             "character_accuracy": row.score / 100, "character_error_rate": extra["character_error_rate"],
-            "rouge_l": extra["rouge_l"] / 100, "character_accuracy_blank_page": extra["character_accuracy_blank_page"] / 100,
+            "rouge_l": extra["rouge_l"] / 100,
+            "character_accuracy_blank_page": extra["character_accuracy_blank_page"] / 100,
             "samples": [(r["reference"], r["prediction"]) for r in records[:5]], "row": row.as_dict()}
 
 
