@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from vist2.errors import Vist2Error
 from vist2.eval import ocr
 from vist2.model import Vist2Model
 from vist2.tokenizer import load_tokenizer
@@ -55,4 +56,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except Vist2Error as error:
+        sys.exit(f"quickstart_ocr: error: {error}")
