@@ -13,7 +13,7 @@ from vist2.render import Renderer
 from vist2.chunking import chunk_texts
 from vist2.tokenizer import byte_tokenizer
 from vist2.train import evaluate
-from vist2.train.quickstart import quickstart_config, random_text, split
+from vist2.train.quickstart import corpus, quickstart_config, random_text, split
 
 TOKENIZER = byte_tokenizer()
 
@@ -34,8 +34,15 @@ def test_quickstart_smoke_runs_every_stage_and_prints_the_table(tmp_path, capsys
     assert results["ocr"]["chunks"] == 8 and results["ocr"]["chars_per_visual_token"] == pytest.approx(2, abs=0.1)
     assert set(results["ocr"]["after_olm"]) >= {"bits_per_char", "bits_per_char_blank_page", "character_accuracy"}
     assert all(0 < results["olm"][k] < 20 for k in ("full_text", "visual_memory", "no_context"))
-    assert results["generation"]["mode"] == "gcc" and results["generation"]["stats"]["generated_tokens"] == 256
-    assert "GCC generation:" in printed
+    back = results["read_back"]  # the last word: a held-out passage compressed and read back
+    assert len(back["pages"]) == len(back["read"]) == 8 and all(len(page) == 16 for page in back["pages"])
+    assert back["kv_compressed"] == 8 * 8 and back["kv_full_text"] == 8 * 16 and 0 <= back["character_accuracy"] <= 1
+    assert "A held-out passage as a compressed prompt: 8 pages of 8 visual tokens each" in printed
+    assert f"{back['pages'][0]!r}" in printed
+    assert "the compressed passage holds 64 entries, the full text 128" in printed
+    assert printed.rstrip().splitlines()[-1].startswith("done in")
+    held_out = [path.read_text() for path in sorted((output / "data" / "held_out_essays").glob("*.txt"))]
+    assert held_out == split(corpus()["essays"])[1] and back["pages"][0] in "".join(held_out)
     for name in ("sample.png", "loss_curves.png", "read/loss.png", "ocr/loss.png", "olm/loss.png"):
         assert (output / name).stat().st_size > 500
     model = Vist2Model.from_pretrained(output / "model")

@@ -346,13 +346,12 @@ def _add_quickstart(commands) -> None:
 
 
 def _quickstart(args) -> int:
-    from vist2.train.quickstart import quickstart, table
+    from vist2.train.quickstart import quickstart, read_back_table, table
 
     results = quickstart(args.output, args.minutes, args.steps, args.eval_chunks, args.eval_windows, args.seed,
                          args.progress_bar, args.threads)
     print(table(results))
-    generation = results["generation"]
-    print(f"GCC generation: {generation['text']!r}\n  stats: {generation['stats']}")
+    print(read_back_table(results["read_back"]))
     print(f"done in {results['seconds'] / 60:.1f} min; model, sample.png, loss_curves.png, results.json in {args.output}")
     return 0
 

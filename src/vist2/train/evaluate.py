@@ -2,7 +2,7 @@
 
 - `ocr_bits_per_char`: teacher-forced bits per character of a chunk read from its page
   (or from a blank page: the image ablation, what a pure language model achieves).
-- `ocr_greedy`: greedy transcription of each page -> character error rate and ROUGE-L.
+- `ocr_transcribe`: greedy transcription of each page (scored by `vist2.eval.ocr`).
 - `next_chunk_bits_per_char`: bits per character of the next chunk with (a) the full previous
   text in context, (b) only the previous chunks' visual tokens (VIST2), (c) no context.
 """
@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -99,30 +98,6 @@ def ocr_transcribe(model, pages: torch.Tensor, tokens: int, batch_size: int = 64
             out = model.llm(inputs_embeds=embeds, position_ids=position, past_key_values=cache, use_cache=True)
         results += torch.stack(generated, 1).tolist()
     return results
-
-
-@dataclass
-class OcrScores:
-    character_accuracy: float  # 1 - character error rate (edit distance / reference characters), >= 0
-    character_error_rate: float
-    rouge_l: float  # mean over chunks
-    samples: list[tuple[str, str]]  # (reference, transcription), the first few
-
-
-def ocr_greedy(model, tokenizer, chunks: list[list[int]], renderer, blank: bool = False) -> OcrScores:
-    """Greedy transcription of each chunk's page, as many tokens as the chunk has (`blank`: of a
-    blank page instead, the image ablation)."""
-    texts = chunk_texts(tokenizer, chunks)
-    pages = renderer.render_batch(texts)
-    if blank:
-        pages = torch.ones_like(pages)
-    length = max(len(chunk) for chunk in chunks)
-    read = ocr_transcribe(model, pages, length)
-    guesses = [tokenizer.decode(ids[: len(chunk)]) for ids, chunk in zip(read, chunks)]
-    edits = sum(levenshtein(guess, text) for guess, text in zip(guesses, texts))
-    error = edits / max(1, sum(len(text) for text in texts))
-    rouge = sum(rouge_l(guess, text) for guess, text in zip(guesses, texts)) / len(texts)
-    return OcrScores(max(0.0, 1 - error), error, rouge, list(zip(texts, guesses))[:5])
 
 
 def next_chunk_bits_per_char(model, tokenizer, windows: list[list[int]], renderer,

