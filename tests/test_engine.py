@@ -15,12 +15,6 @@ from vist2.verify import teacher_example, teacher_logits
 SHORT, LONG = "Hi.", "Summarise the following notes, please. " * 3
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.set_num_threads(1)
-    return load_model(preset_name="tiny", seed=0)
-
-
 def greedy(mode, n, **options):
     return GenerationConfig(mode=mode, max_new_tokens=n, ignore_eos=True, **options)
 

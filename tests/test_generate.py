@@ -19,12 +19,6 @@ from vist2.stages import chat_parts
 PROMPT = "Summarise the following notes, please. " * 3
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.set_num_threads(1)
-    return load_model(preset_name="tiny", seed=0)
-
-
 def greedy(mode, n, **options):
     return GenerationConfig(mode=mode, max_new_tokens=n, ignore_eos=True, **options)
 

@@ -14,12 +14,6 @@ from vist2.stages import chat_parts
 from vist2.verify import teacher_example, teacher_logits, verify
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.set_num_threads(1)
-    return load_model(preset_name="tiny", seed=0)
-
-
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_incremental_equals_teacher_forced(tiny, bidirectional):
     """Every case of `verify` (tail / no tail, blocks with and without sight of their text),

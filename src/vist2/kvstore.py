@@ -33,9 +33,8 @@ class KVStore:
         self.keys = torch.zeros(self.shape, device=device, dtype=dtype)
         self.values = torch.zeros(self.shape, device=device, dtype=dtype)
         self.lengths: list[int] = []  # entries held per slot in use
-        self._rows: torch.Tensor | slice = slice(0, 0)
-        self._write: torch.Tensor | None = None  # (B, q) entry each new token is written to
-        self._attend = 0
+        self._rows: torch.Tensor | slice = slice(0, 0)  # the slots of the current forward
+        self._index: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, 1) slots, (B, q) entries written
 
     @property
     def slots(self) -> int:
@@ -89,28 +88,25 @@ class KVStore:
 
     def begin(self, slots: list[int], q: int) -> int:
         """Prepare a forward of q new tokens for each slot, written after its entries; returns
-        the attended length (the longest slot's entries + q)."""
+        the attended length: the whole capacity, so a run of slots is one contiguous view."""
         starts = [self.lengths[s] for s in slots]
-        attend = max(starts) + q
-        self.reserve(len(self.lengths), attend)
+        self.reserve(len(self.lengths), max(starts) + q)
         device = self.keys.device
+        index = torch.tensor(slots, device=device)
         contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
-        self._rows = slice(slots[0], slots[0] + len(slots)) if contiguous else torch.tensor(slots, device=device)
-        self._write = torch.tensor(starts, device=device)[:, None] + torch.arange(q, device=device)
-        self._attend = attend
+        self._rows = slice(slots[0], slots[0] + len(slots)) if contiguous else index
+        self._index = (index[:, None], torch.tensor(starts, device=device)[:, None] + torch.arange(q, device=device))
         for s in slots:
             self.lengths[s] += q
-        return attend
+        return self.capacity
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """transformers' cache interface: store (B, H, q, D) new keys/values, return (B, H, L, D)."""
-        rows = self._rows
-        index = (torch.arange(rows.start, rows.stop, device=self._write.device) if isinstance(rows, slice)
-                 else rows)[:, None]
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        keys[index, :, self._write] = key_states.transpose(1, 2).to(keys.dtype)
-        values[index, :, self._write] = value_states.transpose(1, 2).to(values.dtype)
-        return keys[rows, :, : self._attend], values[rows, :, : self._attend]
+        rows, write = self._index
+        keys[rows, :, write] = key_states.transpose(1, 2).to(keys.dtype)
+        values[rows, :, write] = value_states.transpose(1, 2).to(values.dtype)
+        return keys[self._rows], values[self._rows]
 
     def move(self, slot: int, source: int, target: int, count: int) -> None:
         """Copy entries [source, source + count) of a slot to [target, ...); the slot then ends there."""

@@ -201,8 +201,10 @@ def sft_length(prompt: Prompt, response: int, chunk_tokens: int, beta: int) -> i
 class ChatDataset(torch.utils.data.Dataset):
     """SFT chats; a response too long for max_length is cut at the end."""
 
-    def __init__(self, records: list[dict[str, Any]], tokenizer, chunk_tokens: int, beta: int, max_length: int):
+    def __init__(self, records: list[dict[str, Any]], tokenizer, chunk_tokens: int, beta: int, max_length: int,
+                 fits=None):
         self.tokenizer, self.chunk, self.beta, self.max_length = tokenizer, chunk_tokens, beta, max_length
+        self.fits = fits  # the renderer's fit rule: a chunk too long for one page takes more (prompt.chunk_pages)
         self.chats = [(field(r, "query"), field(r, "response")) for r in records]
         self.end = len(chat_parts(tokenizer)[2])
 
@@ -214,24 +216,25 @@ class ChatDataset(torch.utils.data.Dataset):
         encode = lambda s: self.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
         query_ids, response_ids = encode(query), encode(response)
         keep = len(response_ids)
-        prompt = build_prompt(self.tokenizer, query_ids, "gcc", self.chunk, self.beta)
+        prompt = build_prompt(self.tokenizer, query_ids, "gcc", self.chunk, self.beta, self.fits)
         while keep > 0 and sft_length(prompt, keep + self.end, self.chunk, self.beta) > self.max_length:
             keep -= 1
         if keep == 0:
             raise Vist2Error(f"chat {key[0]}: the query alone exceeds max_length {self.max_length}")
         pad = self.tokenizer.pad_token_id
-        return stages.sft(self.tokenizer, query_ids, response_ids[:keep], self.chunk, self.beta, pad)
+        return stages.sft(self.tokenizer, query_ids, response_ids[:keep], self.chunk, self.beta, pad, fits=self.fits)
 
 
 def build_dataset(stage: str, paths: tuple[str, ...], tokenizer, chunk_tokens: int, beta: int, max_length: int,
-                  on_bad_image: str = "fail", sees_text: bool = True, ocr_replay: float = 0.0) -> torch.utils.data.Dataset:
+                  on_bad_image: str = "fail", sees_text: bool = True, ocr_replay: float = 0.0,
+                  fits=None) -> torch.utils.data.Dataset:
     records = read_records(paths)
     if stage in ("ocr", "olm"):
         texts = [field(r, "text") for r in records]
         return TextStageDataset(stage, tokenizer, texts, chunk_tokens, beta, max_length, sees_text, ocr_replay)
     if stage == "captioning":
         return CaptionDataset(records, tokenizer, beta, max_length, on_bad_image)
-    return ChatDataset(records, tokenizer, chunk_tokens, beta, max_length)
+    return ChatDataset(records, tokenizer, chunk_tokens, beta, max_length, fits)
 
 
 class ResumableBatches(torch.utils.data.Sampler):
