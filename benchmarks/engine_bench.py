@@ -91,17 +91,22 @@ def run_engine(model, tokenizer, arrivals: list[tuple[int, str, GenerationConfig
 
 
 def concurrency(model, tokenizer, tokens: int, repeats: int, modes, counts) -> dict:
-    found = {}
+    """Repeats are the outer loop, so every count is measured in each round (load drifts)."""
+    runs = {f"{mode}/{count}": [] for mode in modes for count in counts}
+    for _ in range(repeats):
+        for mode in modes:
+            for count in counts:
+                texts = prompts(count)
+                runs[f"{mode}/{count}"].append(run_engine(model, tokenizer, [(0, t, config(mode, tokens)) for t in texts]))
+    found = {key: {"median_decode_tokens_per_s": statistics.median(r["decode_tokens_per_s"] for r in rows),
+                   "runs": rows} for key, rows in runs.items()}
     for mode in modes:
-        for count in counts:
-            runs = [run_engine(model, tokenizer, [(0, text, config(mode, tokens)) for text in prompts(count)])
-                    for _ in range(repeats)]
-            found[f"{mode}/{count}"] = {"median_decode_tokens_per_s": statistics.median(
-                r["decode_tokens_per_s"] for r in runs), "runs": runs}
-            print(f"{mode} x{count}: {found[f'{mode}/{count}']['median_decode_tokens_per_s']:.1f} tok/s", flush=True)
         one = found[f"{mode}/1"]["median_decode_tokens_per_s"]
         for count in counts:
-            found[f"{mode}/{count}"]["vs_one"] = found[f"{mode}/{count}"]["median_decode_tokens_per_s"] / one
+            entry = found[f"{mode}/{count}"]
+            entry["vs_one"] = entry["median_decode_tokens_per_s"] / one
+            print(f"{mode} x{count}: {entry['median_decode_tokens_per_s']:.1f} tok/s ({entry['vs_one']:.2f}x one)",
+                  flush=True)
     return found
 
 

@@ -69,9 +69,12 @@ def test_cancel_frees_the_row_and_max_batch_queues(tiny):
     a, b, c = (engine.add(prompt, greedy("gcc", 20)) for prompt in (SHORT, LONG, SHORT))
     engine.step()
     assert engine.rows == [a, b] and engine.waiting == [c]
+    d = engine.add(LONG, greedy("text", 20))
     engine.cancel(a)
+    engine.cancel(d)  # still waiting: it never runs
     events = engine.step()
     assert any(e.request is a and e.finished for e in events) and a not in engine.rows and c in engine.rows
+    assert any(e.request is d and e.finished for e in events) and d.output == [] and not engine.waiting
     assert a.result(tokenizer).token_ids and len(a.output) < 20
     for _ in engine.run():
         pass

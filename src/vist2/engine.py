@@ -11,7 +11,7 @@ finished requests. `add` and `cancel` may be called between steps, or from anoth
     for events in engine.run():
         for event in events:
             print(event.request.id, event.tokens, event.pages)
-    print(request.result().text)
+    print(request.result(tokenizer).text)
 """
 
 from __future__ import annotations
@@ -147,14 +147,15 @@ class Engine:
 
     def _admit(self) -> list[Event]:
         with self._lock:
-            room = len(self.waiting) if self.max_batch is None else max(self.max_batch - len(self.rows), 0)
-            joining, self.waiting = self.waiting[:room], self.waiting[room:]
+            dropped = [r for r in self.waiting if r.cancelled]
+            waiting = [r for r in self.waiting if not r.cancelled]
+            room = len(waiting) if self.max_batch is None else max(self.max_batch - len(self.rows), 0)
+            joining, self.waiting = waiting[:room], waiting[room:]
         events = []
+        for request in dropped:  # cancelled before it ever ran
+            request.finish(self.kv)
+            events.append(Event(request, [], finished=True))
         for request in joining:
-            if request.cancelled:
-                request.finish(self.kv)
-                events.append(Event(request, [], finished=True))
-                continue
             request.slot = self.kv.add_slot()
             self.rows.append(request)
             options, started = request.options, time.perf_counter()

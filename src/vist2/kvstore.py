@@ -35,6 +35,7 @@ class KVStore:
         self.lengths: list[int] = []  # entries held per slot in use
         self._rows: torch.Tensor | slice = slice(0, 0)  # the slots of the current forward
         self._index: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, 1) slots, (B, q) entries written
+        self._attend = 0  # entries the current forward attends (per slot, padding masked)
 
     @property
     def slots(self) -> int:
@@ -88,9 +89,10 @@ class KVStore:
 
     def begin(self, slots: list[int], q: int) -> int:
         """Prepare a forward of q new tokens for each slot, written after its entries; returns
-        the attended length: the whole capacity, so a run of slots is one contiguous view."""
+        the attended length (the longest slot's entries + q)."""
         starts = [self.lengths[s] for s in slots]
-        self.reserve(len(self.lengths), max(starts) + q)
+        self._attend = max(starts) + q
+        self.reserve(len(self.lengths), self._attend)
         device = self.keys.device
         index = torch.tensor(slots, device=device)
         contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
@@ -98,7 +100,7 @@ class KVStore:
         self._index = (index[:, None], torch.tensor(starts, device=device)[:, None] + torch.arange(q, device=device))
         for s in slots:
             self.lengths[s] += q
-        return self.capacity
+        return self._attend
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """transformers' cache interface: store (B, H, q, D) new keys/values, return (B, H, L, D)."""
@@ -106,7 +108,7 @@ class KVStore:
         rows, write = self._index
         keys[rows, :, write] = key_states.transpose(1, 2).to(keys.dtype)
         values[rows, :, write] = value_states.transpose(1, 2).to(values.dtype)
-        return keys[self._rows], values[self._rows]
+        return keys[self._rows, :, : self._attend], values[self._rows, :, : self._attend]
 
     def move(self, slot: int, source: int, target: int, count: int) -> None:
         """Copy entries [source, source + count) of a slot to [target, ...); the slot then ends there."""
