@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parts", default="batch,concurrency,single,arrival")
     parser.add_argument("--counts", default="1,2,4,8,16")
+    parser.add_argument("--modes", default=",".join(MODES), help="modes of the concurrency part")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -173,7 +174,7 @@ def main() -> None:
     if "batch" in parts:
         result["batch_vs_sequential"] = batch_vs_sequential(model, tokenizer, args.tokens, args.repeats, ("text", "gcc"))
     if "concurrency" in parts:
-        result["concurrency"] = concurrency(model, tokenizer, args.tokens, args.repeats, MODES, counts)
+        result["concurrency"] = concurrency(model, tokenizer, args.tokens, args.repeats, args.modes.split(","), counts)
     if "single" in parts:
         result["single_stream"] = single_stream(model, tokenizer, args.tokens, args.repeats)
     if "arrival" in parts:

@@ -2,11 +2,10 @@
 results; rows at different chunk phases still equal the teacher-forced forward; cancel and
 max_batch; the page rule never drops query or response text."""
 
-import pytest
 import torch
 
 from vist2.engine import Engine
-from vist2.generate import GenerationConfig, generate, load_model
+from vist2.generate import GenerationConfig, generate
 from vist2.options import chunk_options
 from vist2.prompt import build_prompt, chat_parts, chunk_pages, split_page
 from vist2.render import Renderer

@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 
-from vist2 import generate as G
 from vist2.engine import Engine
 from vist2.kvstore import KVStore
 from vist2.chunking import split_compressed

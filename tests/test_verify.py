@@ -2,13 +2,12 @@
 the check catches a broken eviction, and the command works for tiny and SmolLM2-135M."""
 
 import pytest
-import torch
 
 from vist2.kvstore import KVStore
 from vist2.options import chunk_options
 from vist2.chunking import split_chunks
 from vist2.cli import main
-from vist2.generate import load_model, score
+from vist2.generate import score
 from vist2.render import Renderer
 from vist2.stages import chat_parts
 from vist2.verify import teacher_example, teacher_logits, verify
