@@ -11,3 +11,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny preset with seeded random weights, and its tokenizer, on one thread."""
+    from vist2.generate import load_model
+
+    torch.set_num_threads(1)
+    return load_model(preset_name="tiny", seed=0)

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from vist2 import generate as G
-from vist2.cache import KVCache
+from vist2.engine import Engine
+from vist2.kvstore import KVStore
 from vist2.chunking import split_compressed
 from vist2.cli import main
 from vist2.errors import Vist2Error
@@ -16,12 +16,6 @@ from vist2.generate import GenerationConfig, generate, load_model, stream
 from vist2.stages import chat_parts
 
 PROMPT = "Summarise the following notes, please. " * 3
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.set_num_threads(1)
-    return load_model(preset_name="tiny", seed=0)
 
 
 def greedy(mode, n, **options):
@@ -37,43 +31,35 @@ def test_text_mode_equals_hugging_face_greedy(tiny):
     assert result.token_ids == expected[0, len(ids):].tolist()
 
 
-def test_gcc_cache_holds_persistent_plus_current_chunk_and_frees_evicted_entries(tiny, monkeypatch):
+def test_gcc_slot_holds_persistent_entries_plus_the_current_chunk(tiny):
     model, tokenizer = tiny
-    K, beta = model.config.chunk.chunk_tokens, model.config.visual_tokens
-    seen = {"steps": 0, "compressed": 0}
-    decode_one_token, compress_chunk = G.decode_one_token, G.compress_chunk
-
-    def checked_decode(model_, state, tokens, transient):
-        decode_one_token(model_, state, tokens, transient)
-        # single row: persistent entries == next persistent position; the chunk sits on top
-        assert len(state.kv) == int(state.base[0]) + state.offset and state.offset <= K
-        seen["steps"] += 1
-
-    def checked_compress(model_, renderer, state, stats):
-        before = state.kv.cache.layers[0].keys.shape[-2]
-        compress_chunk(model_, renderer, state, stats)
-        assert state.offset == 0 and len(state.kv) == int(state.base[0]) == before + beta - K
-        for layer in state.kv.cache.layers:
-            assert layer.keys.shape[-2] == layer.values.shape[-2] == len(state.kv)
-            assert layer.keys.untyped_storage().nbytes() == layer.keys.numel() * layer.keys.element_size()
-        seen["compressed"] += 1
-
-    monkeypatch.setattr(G, "decode_one_token", checked_decode)
-    monkeypatch.setattr(G, "compress_chunk", checked_compress)
-    result = generate(model, tokenizer, PROMPT, greedy("gcc", 3 * K + 5))
-    assert seen == {"steps": 3 * K + 4, "compressed": 3} and result.stats.chunks_compressed == 3
+    K = model.config.chunk.chunk_tokens
+    engine = Engine(model, tokenizer)
+    request = engine.add(PROMPT, greedy("gcc", 3 * K + 5))
+    compressed = 0
+    for events in engine.run():
+        compressed += sum(bool(event.pages) for event in events)
+        if not request.finished:  # persistent entries == next position; the chunk sits on top
+            assert engine.kv.lengths[request.slot] == request.base + request.offset and request.offset < K
+    assert compressed == request.stats.chunks_compressed == 3
+    assert engine.kv.nbytes() == 0 and engine.kv.lengths == []  # the finished request freed its slot
 
 
-def test_evict_allocates_smaller_tensors():
-    cache = KVCache.empty(load_model(preset_name="tiny")[0].llm.config, 1, torch.device("cpu"))
-    for layer in cache.cache.layers:
-        layer.update(torch.randn(1, 2, 10, 16), torch.randn(1, 2, 10, 16))
-    cache.appended(10)
-    old = cache.cache.layers[0].keys
-    cache.evict(4, 9)
-    keys = cache.cache.layers[0].keys
-    assert keys.shape[-2] == len(cache) == 5 and keys.untyped_storage().nbytes() == 5 * 2 * 16 * 4
-    assert torch.equal(keys, torch.cat([old[..., :4, :], old[..., 9:, :]], dim=-2))
+def test_store_writes_the_visual_block_over_the_chunk_and_frees_finished_slots():
+    store = KVStore(load_model(preset_name="tiny")[0].llm.config, torch.device("cpu"), torch.float32)
+    first, second = store.add_slot(), store.add_slot()
+    store.begin([first, second], 10)
+    for layer in range(store.keys.shape[0]):
+        store.update(torch.randn(2, 2, 10, 16), torch.randn(2, 2, 10, 16), layer)
+    storage, expected = store.keys.data_ptr(), store.keys[:, first, :, 7:10].clone()
+    store.move(first, 7, 2, 3)  # a 3-entry block written after a 5-entry chunk at 2..7
+    assert store.lengths == [5, 10] and store.keys.data_ptr() == storage  # no reallocation
+    assert torch.equal(store.keys[:, first, :, 2:5], expected)
+    kept = store.keys[:, second, :, :10].clone()
+    assert store.free_slot(first) == second  # the last slot moves into the freed one
+    assert store.lengths == [10] and torch.equal(store.keys[:, first, :, :10], kept)
+    store.free_slot(0)
+    assert store.nbytes() == 0
 
 
 def test_gcc_kv_stays_flat_while_text_grows(tiny):

@@ -2,31 +2,24 @@
 the check catches a broken eviction, and the command works for tiny and SmolLM2-135M."""
 
 import pytest
-import torch
 
-from vist2.cache import KVCache
+from vist2.kvstore import KVStore
+from vist2.options import chunk_options
 from vist2.chunking import split_chunks
 from vist2.cli import main
-from vist2.generate import load_model, score
+from vist2.generate import score
 from vist2.render import Renderer
 from vist2.stages import chat_parts
 from vist2.verify import teacher_example, teacher_logits, verify
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.set_num_threads(1)
-    return load_model(preset_name="tiny", seed=0)
-
-
-@pytest.mark.parametrize("options", [{}, {"chunk.bidirectional_visual": True}])
-def test_incremental_equals_teacher_forced(tiny, options):
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_incremental_equals_teacher_forced(tiny, bidirectional):
     """Every case of `verify` (tail / no tail, blocks with and without sight of their text),
     with K = 20 to keep it short (beta = 16)."""
-    _, tokenizer = tiny
-    model = load_model(preset_name="tiny", seed=0)[0]
-    model.config = model.config.replace(**{"chunk.chunk_tokens": 20, **options})
-    assert verify(model, tokenizer, seed=1, report=lambda line: None) <= 1e-4
+    model, tokenizer = tiny
+    options = chunk_options(model, chunk_tokens=20, bidirectional_visual=bidirectional)
+    assert verify(model, tokenizer, seed=1, report=lambda line: None, options=options) <= 1e-4
 
 
 def test_response_ending_exactly_on_a_chunk_boundary(tiny):
@@ -44,11 +37,9 @@ def test_response_ending_exactly_on_a_chunk_boundary(tiny):
 
 
 def test_verify_catches_a_cache_that_is_not_evicted(tiny, monkeypatch):
-    _, tokenizer = tiny
-    model = load_model(preset_name="tiny", seed=0)[0]
-    model.config = model.config.replace(**{"chunk.chunk_tokens": 20})
-    monkeypatch.setattr(KVCache, "evict", lambda self, start, end: None)
-    assert verify(model, tokenizer, report=lambda line: None) > 1e-3
+    model, tokenizer = tiny
+    monkeypatch.setattr(KVStore, "move", lambda self, slot, source, target, count: None)  # the chunk stays
+    assert verify(model, tokenizer, report=lambda line: None, options=chunk_options(model, chunk_tokens=20)) > 1e-3
 
 
 def test_cli_verify_tiny(capsys):

@@ -221,13 +221,13 @@ def _add_verify(commands) -> None:
 
 def _verify(args) -> int:
     from vist2.generate import load_model
+    from vist2.options import chunk_options
     from vist2.verify import tolerance, verify
 
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device)
-    if args.chunk_tokens is not None:
-        model.config = model.config.replace(**{"chunk.chunk_tokens": args.chunk_tokens})
+    options = chunk_options(model, chunk_tokens=args.chunk_tokens)
     limit = args.tolerance if args.tolerance is not None else tolerance(model)
-    worst = verify(model, tokenizer, seed=args.seed)
+    worst = verify(model, tokenizer, seed=args.seed, options=options)
     verdict = "ok" if worst <= limit else "FAILED"
     print(f"largest |logit difference| {worst:.3g} (tolerance {limit:g}): {verdict}")
     return 0 if worst <= limit else 1
@@ -297,7 +297,8 @@ def _bench(args) -> int:
 
 
 def _bench_model(args):
-    """The model to measure: a checkpoint or a seeded random preset, with K / page overridden."""
+    """The model to measure: a checkpoint or a seeded random preset, built with K / page overridden
+    (nothing replaces the config of a built model)."""
     import torch
 
     from vist2.model import Vist2Model
@@ -315,8 +316,7 @@ def _bench_model(args):
         changes.update({"render.width": width, "render.height": height})
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     if args.model:
-        model = Vist2Model.from_pretrained(args.model, device=args.device)
-        model.config = model.config.replace(**changes)
+        model = Vist2Model.from_pretrained(args.model, device=args.device, changes=changes)
     else:
         config = preset(args.preset)
         if args.max_positions:

@@ -123,8 +123,12 @@ class Vist2Model(nn.Module):
         (directory / CONFIG_NAME).write_text(json.dumps(data, indent=2) + "\n")
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Vist2Model:
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
+                        changes: dict | None = None) -> Vist2Model:
+        """Load a checkpoint; `changes` (as `Vist2Config.replace` takes them, e.g. a chunk size or page
+        size that leaves the weights' shapes alone) are applied to its config before the model is built."""
         config, dtype = read_checkpoint_config(directory)
+        config = config.replace(**(changes or {}))
         weights = Path(directory) / WEIGHTS_NAME
         if not weights.is_file():
             raise Vist2Error(f"{directory} has no {WEIGHTS_NAME}")

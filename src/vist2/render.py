@@ -246,6 +246,14 @@ class Renderer:
             f"even at font size {self.config.min_font_size}; use shorter chunks or a larger page"
         )
 
+    def fits(self, text: str) -> bool:
+        """Whether the text fits one page at a legible size (the rule `render` applies)."""
+        try:
+            self._fit(self._normalize(text))
+        except TextDoesNotFit:
+            return False
+        return True
+
     def render(self, text: str) -> RenderedPage:
         """Draw one chunk of text on a page at the largest font size that fits it."""
         text = self._normalize(text)

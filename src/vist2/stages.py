@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 
 from vist2 import layout as L
-from vist2.chunking import chunk_texts, split_chunks, split_compressed
+from vist2.chunking import chunk_texts, split_chunks
 from vist2.errors import Vist2Error
+from vist2.prompt import Fits, Prompt, build_prompt, chat_parts, split_pages
 
 Page = str | Image.Image
 
@@ -96,14 +97,15 @@ def ocr(tokenizer, ids: list[int], chunk_tokens: int, beta: int, placeholder: in
 
 
 def _interleave(b: _Builder, tokenizer, ids: list[int], chunk_tokens: int, beta: int, first_chunk: int,
-                sees_text: bool, loss: bool) -> None:
-    """[c1, v1, c2, v2, ..., cn]: every chunk but the last is followed by its visual block."""
+                sees_text: bool, loss: bool, fits: Fits = None) -> None:
+    """[c1, v1, c2, v2, ..., cn]: every chunk but the last is followed by its visual block
+    (one page, or more when its text does not fit one: see `prompt.split_page`)."""
     chunks = split_chunks(ids, chunk_tokens)
-    pages = chunk_texts(tokenizer, chunks)
-    for index, (chunk, page) in enumerate(zip(chunks, pages), start=first_chunk):
-        b.text(chunk, loss=loss, chunk=index, persistent=False)
-        if index < first_chunk + len(chunks) - 1:
-            b.visual(page, beta, chunk=index, sees_text=sees_text)
+    pages = split_pages(chunk_texts(tokenizer, chunks)[:-1], fits)  # the last chunk is never compressed
+    for index, chunk in enumerate(chunks):
+        b.text(chunk, loss=loss, chunk=first_chunk + index, persistent=False)
+        for page in pages[index] if index < len(pages) else []:
+            b.visual(page, beta, chunk=first_chunk + index, sees_text=sees_text)
 
 
 def olm(tokenizer, ids: list[int], chunk_tokens: int, beta: int, placeholder: int, sees_text: bool = True) -> Example:
@@ -113,23 +115,26 @@ def olm(tokenizer, ids: list[int], chunk_tokens: int, beta: int, placeholder: in
     return b.example()
 
 
-def chat_parts(tokenizer) -> tuple[list[int], list[int], list[int]]:
-    """ChatML pieces around a compressed query: user prefix, assistant prefix, end of turn."""
-    encode = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
-    return encode("<|im_start|>user\n"), encode("<|im_end|>\n<|im_start|>assistant\n"), encode("<|im_end|>")
+def prompt_example(prompt: Prompt, beta: int, placeholder: int) -> _Builder:
+    """A builder holding the prompt's segments: text, and one visual block per query page."""
+    b = _Builder(placeholder)
+    for kind, content in prompt.segments:
+        if kind == "text":
+            b.text(content)
+        else:
+            for index, page in enumerate(content):
+                b.visual(page, beta, chunk=index)  # the query's own text is never in the sequence
+    return b
 
 
 def sft(tokenizer, query_ids: list[int], response_ids: list[int], chunk_tokens: int, beta: int,
-        placeholder: int, sees_text: bool = True) -> Example:
-    """Compressed query (tail rule) + interleaved response; loss on the response only."""
-    user, assistant, end = chat_parts(tokenizer)
-    query_chunks, tail = split_compressed(query_ids, chunk_tokens, beta)
-    b = _Builder(placeholder)
-    b.text(user)
-    for index, page in enumerate(chunk_texts(tokenizer, query_chunks)):
-        b.visual(page, beta, chunk=index)  # the query's own text is never in the sequence
-    b.text(tail + assistant)
-    _interleave(b, tokenizer, response_ids + end, chunk_tokens, beta, len(query_chunks), sees_text, loss=True)
+        placeholder: int, sees_text: bool = True, fits: Fits = None) -> Example:
+    """Compressed query (`prompt.build_prompt`) + interleaved response; loss on the response only.
+    `fits` (a renderer's fit rule) spreads a chunk too long for one page over more pages."""
+    prompt = build_prompt(tokenizer, query_ids, "gcc", chunk_tokens, beta, fits)
+    b = prompt_example(prompt, beta, placeholder)
+    end = chat_parts(tokenizer)[2]
+    _interleave(b, tokenizer, response_ids + end, chunk_tokens, beta, len(prompt.pages), sees_text, True, fits)
     return b.example()
 
 

@@ -3,53 +3,44 @@
 Random queries and forced responses go through `generate.score` (prefill chunk by chunk,
 decode token by token, compress and evict in gcc) and through one forward of the same
 layout with the dense reference mask (`layout.dense_mask`). The layouts come from
-`stages.sft` (gcc) or are built here the way generation lays out pcc and text. The largest
+`stages.sft` (gcc) or from the same prompt builder (`prompt.build_prompt`, pcc and text). The largest
 absolute logit difference over every forced token must stay under the tolerance.
 """
 
 from __future__ import annotations
 
-import copy
 import random
 
 import torch
 
 from vist2 import layout as L
-from vist2.chunking import chunk_texts, split_compressed
 from vist2.errors import Vist2Error
-from vist2.generate import fitting_text, score
-from vist2.stages import Example, chat_parts, collate, sft
+from vist2.generate import score
+from vist2.options import ChunkOptions, chunk_options
+from vist2.prompt import build_prompt, chat_parts
+from vist2.stages import Example, collate, prompt_example, sft
 
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}  # other dtypes: 5e-2
 
 
 def teacher_example(tokenizer, renderer, query: list[int], response: list[int], mode: str, chunk_tokens: int,
                     beta: int, sees_text: bool, placeholder: int = 0) -> Example:
-    """The layout generation builds for `mode`, response (ending in the end-of-turn) with loss."""
-    user, assistant, end = chat_parts(tokenizer)
-    forced = response + end
-    if mode == "text":
-        ids = user + query + assistant + forced
-        return Example((L.text(len(ids) - len(forced)), L.text(len(forced), loss=True)), ids)
+    """The layout generation builds for `mode` (the same prompt builder, the renderer's page rule),
+    the response (ending in the end-of-turn) with loss."""
+    forced = response + chat_parts(tokenizer)[2]
     if mode == "gcc":
-        example = sft(tokenizer, query, response, chunk_tokens, beta, placeholder, sees_text)
-        example.pages = [fitting_text(renderer, page) for page in example.pages]  # as generation renders them
-        return example
-    chunks, tail = split_compressed(query, chunk_tokens, beta)
-    segments, ids = [L.text(len(user))], list(user)
-    for index in range(len(chunks)):
-        segments.append(L.visual(beta, index))
-        ids += [placeholder] * beta
-    segments += [L.text(len(tail + assistant)), L.text(len(forced), loss=True)]
-    ids += tail + assistant + forced
-    pages = [fitting_text(renderer, page) for page in chunk_texts(tokenizer, chunks)]
-    return Example(tuple(segments), ids, pages)
+        return sft(tokenizer, query, response, chunk_tokens, beta, placeholder, sees_text, renderer.fits)
+    prompt = build_prompt(tokenizer, query, mode, chunk_tokens, beta, renderer.fits)
+    b = prompt_example(prompt, beta, placeholder)
+    b.text(forced, loss=True)
+    return b.example()
 
 
 @torch.inference_mode()
-def teacher_logits(model, renderer, example: Example, pad_id: int) -> torch.Tensor:
+def teacher_logits(model, renderer, example: Example, pad_id: int, bidirectional: bool | None = None) -> torch.Tensor:
     """(N, V) fp32 logits that predict the loss tokens, from one forward with the dense mask."""
-    bidirectional = model.config.chunk.bidirectional_visual
+    if bidirectional is None:
+        bidirectional = model.config.chunk.bidirectional_visual
     batch = collate([example], renderer, pad_id, bidirectional)
     batch.pop("labels")
     batch["attention_mask"] = L.dense_mask(example.layout, bidirectional)[None, None]
@@ -74,25 +65,28 @@ def cases(chunk_tokens: int, beta: int) -> list[tuple[str, bool, int, int]]:
     return found
 
 
-def verify(model, tokenizer, renderer=None, seed: int = 0, report=print) -> float:
-    """Run every case; returns the largest absolute logit difference."""
+def verify(model, tokenizer, renderer=None, seed: int = 0, report=print, options: ChunkOptions | None = None) -> float:
+    """Run every case with these chunk options (default: the model's; each case sets
+    visual_sees_text); returns the largest absolute logit difference."""
+    from dataclasses import replace
+
     from vist2.render import Renderer
 
     renderer = renderer or Renderer(model.config.render)
-    K, beta = model.config.chunk.chunk_tokens, model.config.visual_tokens
+    options = options or chunk_options(model, renderer)
+    K, beta = options.chunk_tokens, options.beta
     special = set(tokenizer.all_special_ids)
     vocab = [index for index in range(min(len(tokenizer), model.llm.config.vocab_size)) if index not in special]
     rng = random.Random(seed)
     worst = 0.0
     for mode, sees_text, query_length, response_length in cases(K, beta):
-        variant = copy.copy(model)  # shares the weights; only the chunk option differs
-        variant.config = model.config.replace(**{"chunk.visual_sees_text": sees_text})
+        case_options = replace(options, visual_sees_text=sees_text)
         query = [rng.choice(vocab) for _ in range(query_length)]
         response = [rng.choice(vocab) for _ in range(response_length)]
         example = teacher_example(tokenizer, renderer, query, response, mode, K, beta, sees_text)
-        expected = teacher_logits(variant, renderer, example, pad_id=vocab[0])
+        expected = teacher_logits(model, renderer, example, vocab[0], options.bidirectional_visual)
         _, _, end = chat_parts(tokenizer)
-        actual = score(variant, tokenizer, query, response + end, mode, renderer)
+        actual = score(model, tokenizer, query, response + end, mode, renderer, case_options)
         if actual.shape != expected.shape:
             raise Vist2Error(f"{mode}: {actual.shape[0]} incremental steps for {expected.shape[0]} targets")
         difference = (actual - expected).abs().max().item()

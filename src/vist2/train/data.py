@@ -13,7 +13,6 @@ A key is (record index, images): the OCR curriculum picks images per sample from
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +23,7 @@ from PIL import Image
 
 from vist2 import stages
 from vist2.errors import Vist2Error
+from vist2.prompt import Prompt, build_prompt, chat_parts, response_positions
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
@@ -193,23 +193,20 @@ class CaptionDataset(torch.utils.data.Dataset):
         return stages.captioning(page, ids + [self.tokenizer.eos_token_id], self.beta, self.tokenizer.pad_token_id)
 
 
-def sft_length(query: int, response: int, chunk_tokens: int, beta: int, template: int) -> int:
-    """Sequence length of an SFT example (tail rule on the query, interleaved response)."""
-    full, rest = divmod(query, chunk_tokens)
-    query_len = (full + (rest > beta)) * beta + (rest if rest <= beta else 0)
-    response_visual = (math.ceil(response / chunk_tokens) - 1) * beta if response else 0
-    return template + query_len + response + response_visual
+def sft_length(prompt: Prompt, response: int, chunk_tokens: int, beta: int) -> int:
+    """Sequence length of an SFT example: its prompt (`prompt.build_prompt`), then the interleaved response."""
+    return prompt.positions + response_positions(response, chunk_tokens, beta)
 
 
 class ChatDataset(torch.utils.data.Dataset):
     """SFT chats; a response too long for max_length is cut at the end."""
 
-    def __init__(self, records: list[dict[str, Any]], tokenizer, chunk_tokens: int, beta: int, max_length: int):
+    def __init__(self, records: list[dict[str, Any]], tokenizer, chunk_tokens: int, beta: int, max_length: int,
+                 fits=None):
         self.tokenizer, self.chunk, self.beta, self.max_length = tokenizer, chunk_tokens, beta, max_length
+        self.fits = fits  # the renderer's fit rule: a chunk too long for one page takes more (prompt.chunk_pages)
         self.chats = [(field(r, "query"), field(r, "response")) for r in records]
-        user, assistant, end = stages.chat_parts(tokenizer)
-        self.template = len(user) + len(assistant)
-        self.end = len(end)
+        self.end = len(chat_parts(tokenizer)[2])
 
     def __len__(self) -> int:
         return len(self.chats)
@@ -219,24 +216,25 @@ class ChatDataset(torch.utils.data.Dataset):
         encode = lambda s: self.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
         query_ids, response_ids = encode(query), encode(response)
         keep = len(response_ids)
-        while keep > 0 and sft_length(len(query_ids), keep + self.end, self.chunk, self.beta,
-                                      self.template) > self.max_length:
+        prompt = build_prompt(self.tokenizer, query_ids, "gcc", self.chunk, self.beta, self.fits)
+        while keep > 0 and sft_length(prompt, keep + self.end, self.chunk, self.beta) > self.max_length:
             keep -= 1
         if keep == 0:
             raise Vist2Error(f"chat {key[0]}: the query alone exceeds max_length {self.max_length}")
         pad = self.tokenizer.pad_token_id
-        return stages.sft(self.tokenizer, query_ids, response_ids[:keep], self.chunk, self.beta, pad)
+        return stages.sft(self.tokenizer, query_ids, response_ids[:keep], self.chunk, self.beta, pad, fits=self.fits)
 
 
 def build_dataset(stage: str, paths: tuple[str, ...], tokenizer, chunk_tokens: int, beta: int, max_length: int,
-                  on_bad_image: str = "fail", sees_text: bool = True, ocr_replay: float = 0.0) -> torch.utils.data.Dataset:
+                  on_bad_image: str = "fail", sees_text: bool = True, ocr_replay: float = 0.0,
+                  fits=None) -> torch.utils.data.Dataset:
     records = read_records(paths)
     if stage in ("ocr", "olm"):
         texts = [field(r, "text") for r in records]
         return TextStageDataset(stage, tokenizer, texts, chunk_tokens, beta, max_length, sees_text, ocr_replay)
     if stage == "captioning":
         return CaptionDataset(records, tokenizer, beta, max_length, on_bad_image)
-    return ChatDataset(records, tokenizer, chunk_tokens, beta, max_length)
+    return ChatDataset(records, tokenizer, chunk_tokens, beta, max_length, fits)
 
 
 class ResumableBatches(torch.utils.data.Sampler):

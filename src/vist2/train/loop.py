@@ -178,7 +178,7 @@ def train(config: TrainConfig, model_config: Vist2Config | None = None) -> Train
         raise Vist2Error(f"page_tokens must be at most the chunk ({chunk_tokens}) and is for the ocr stage only")
     dataset = build_dataset(config.stage, config.data, tokenizer, config.page_tokens or chunk_tokens,
                             model.config.visual_tokens, config.max_length, config.on_bad_image,
-                            model.config.chunk.visual_sees_text, config.ocr_replay)
+                            model.config.chunk.visual_sees_text, config.ocr_replay, Renderer(model.config.render).fits)
     per_epoch = len(dataset) // config.batch_size
     total = config.max_steps or config.epochs * per_epoch
     if total < 1:

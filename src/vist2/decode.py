@@ -1,0 +1,98 @@
+"""The forwards of generation, as small free functions over a `KVStore` (DESIGN 3 and 5):
+prefill a prompt into one slot, decode one token for many slots, compress finished chunks.
+
+Positions follow the layout: a transient chunk and its visual block share a base position,
+so incremental decoding equals the teacher-forced forward of the same layout (`vist2 verify`).
+Every forward gets an explicit (B, 1, q, L) bool mask; the backbone must use SDPA.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vist2.chunking import split_chunks
+from vist2.kvstore import KVStore
+
+PAGE_BATCH = 8  # query pages rendered and encoded per forward during prefill
+
+
+def block_mask(q: int, block: int, bidirectional: bool) -> torch.Tensor:
+    """(q, q) bool among new tokens: causal, or whole blocks of `block` tokens see each other."""
+    index = torch.arange(q)
+    mask = index[None, :] <= index[:, None]
+    if bidirectional:
+        mask |= (index[None, :] // block) == (index[:, None] // block)
+    return mask
+
+
+def attention_mask(starts: list[int], new: torch.Tensor, attend: int,
+                   hide: list[tuple[int, int]] | None = None) -> torch.Tensor:
+    """(B, 1, q, attend) bool: row b sees its entries [0, starts[b]) except `hide[b]`, then
+    the new tokens among themselves as `new` (q, q) says."""
+    q = new.shape[0]
+    column = torch.arange(attend)[None, :]
+    start = torch.tensor(starts)[:, None]
+    old = column < start
+    if hide is not None:
+        bounds = torch.tensor(hide)
+        old &= (column < bounds[:, :1]) | (column >= bounds[:, 1:])
+    if q == 1:
+        return (old | (column == start))[:, None, None, :]
+    relative = column - start  # (B, L) index among the new tokens
+    inside = (relative >= 0) & (relative < q)
+    among = new[:, relative.clamp(0, q - 1)].permute(1, 0, 2) & inside[:, None, :]  # (B, q, L)
+    return (old[:, None, :] | among)[:, None]
+
+
+def forward(model, kv: KVStore, slots: list[int], embeds: torch.Tensor, positions: torch.Tensor,
+            new: torch.Tensor, hide: list[tuple[int, int]] | None = None) -> torch.Tensor:
+    """Run the LLM over q new tokens per slot, appending their KV; (B, V) fp32 logits of the last."""
+    starts = [kv.lengths[s] for s in slots]
+    attend = kv.begin(slots, embeds.shape[1])
+    mask = attention_mask(starts, new, attend, hide).to(embeds.device)
+    out = model.llm(inputs_embeds=embeds, position_ids=positions.to(embeds.device), attention_mask=mask,
+                    past_key_values=kv, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1].float()
+
+
+def embed_tokens(model, tokens: list[int]) -> torch.Tensor:
+    """(len(tokens), 1, d): one token per row."""
+    return model.llm.get_input_embeddings()(torch.tensor(tokens, device=model.device)[:, None])
+
+
+def prefill(model, kv: KVStore, slot: int, segments, chunk_tokens: int, bidirectional: bool,
+            encode) -> tuple[torch.Tensor, int]:
+    """A prompt's segments into an empty slot, text in pieces of K tokens and pages PAGE_BATCH
+    at a time (`encode(texts)` -> (N, beta, d)); returns ((V,) logits, next position)."""
+    base, logits = 0, None
+    for kind, content in segments:
+        if kind == "text":
+            for piece in split_chunks(content, chunk_tokens):
+                embeds = model.llm.get_input_embeddings()(torch.tensor([piece], device=model.device))
+                positions = torch.arange(base, base + len(piece))[None]
+                logits = forward(model, kv, [slot], embeds, positions, block_mask(len(piece), 1, False))
+                base += len(piece)
+        else:
+            for start in range(0, len(content), PAGE_BATCH):
+                visual = encode(content[start : start + PAGE_BATCH])
+                n, beta, width = visual.shape
+                positions = torch.arange(base, base + n * beta)[None]
+                new = block_mask(n * beta, beta, bidirectional)
+                logits = forward(model, kv, [slot], visual.reshape(1, n * beta, width), positions, new)
+                base += n * beta
+    return logits[0], base
+
+
+def compress(model, kv: KVStore, slots: list[int], chunks: list[int], bases: list[int], visual: torch.Tensor,
+             beta: int, sees_text: bool, bidirectional: bool) -> torch.Tensor:
+    """Each slot's finished chunk (its last `chunks[b]` entries) -> its visual block (B, n, d)
+    at the chunk's base, seeing the chunk's text if `sees_text`; then the block is copied over
+    the chunk, which is thereby evicted. Returns (B, V) logits of each block's last token."""
+    block = visual.shape[1]
+    starts = [kv.lengths[s] - c for s, c in zip(slots, chunks)]
+    hide = None if sees_text else [(start, start + c) for start, c in zip(starts, chunks)]
+    positions = torch.tensor(bases)[:, None] + torch.arange(block)
+    logits = forward(model, kv, slots, visual, positions, block_mask(block, beta, bidirectional), hide)
+    for slot, start, c in zip(slots, starts, chunks):
+        kv.move(slot, start + c, start, block)
+    return logits

@@ -1,0 +1,249 @@
+"""The generation engine: requests with their own state join and leave a running batch.
+
+Each `Request` carries its mode (text, pcc, gcc), sampling options, chunk options, prompt
+and chunk phase. `Engine.step` admits waiting requests (prefill into a free slot of the
+`KVStore`), picks one token for every running request, feeds them in one batched forward,
+compresses each gcc row's chunk when its own K tokens are complete, and frees the slots of
+finished requests. `add` and `cancel` may be called between steps, or from another thread.
+
+    engine = Engine(model, tokenizer)
+    request = engine.add("Summarise ...", GenerationConfig(mode="gcc"))
+    for events in engine.run():
+        for event in events:
+            print(event.request.id, event.tokens, event.pages)
+    print(request.result(tokenizer).text)
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from vist2 import decode
+from vist2.chunking import PageTexts
+from vist2.errors import Vist2Error
+from vist2.kvstore import KVStore
+from vist2.options import ChunkOptions, chunk_options
+from vist2.prompt import build_prompt, changes, chunk_pages
+from vist2.request import Request, stop_ids
+
+
+@dataclass
+class Event:
+    """What one step did for one request."""
+
+    request: Request
+    tokens: list[int]  # ids added to the output (a stop token excluded)
+    pages: list[str] = field(default_factory=list)  # page texts its compressed chunk became
+    finished: bool = False
+
+
+class Engine:
+    def __init__(self, model, tokenizer, renderer=None, options: ChunkOptions | None = None,
+                 max_batch: int | None = None):
+        from vist2.render import Renderer
+
+        implementation = getattr(model.llm.config, "_attn_implementation", "sdpa")
+        if implementation != "sdpa":
+            raise Vist2Error(f"generation passes boolean masks and needs attn_implementation='sdpa', "
+                             f"this model uses {implementation!r}")
+        if max_batch is not None and max_batch < 1:
+            raise Vist2Error(f"max_batch must be >= 1, got {max_batch}")
+        self.model, self.tokenizer = model, tokenizer
+        self.renderer = renderer or Renderer(model.config.render)
+        self.options = options or chunk_options(model, self.renderer)
+        self.max_batch = max_batch
+        self.kv = KVStore(model.llm.config, model.device, model.dtype)
+        self.rows: list[Request] = []  # running, row i in slot i
+        self.waiting: list[Request] = []
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._stop_ids = stop_ids(tokenizer)
+
+    # -- the API a caller (generate, stream, a server) uses ------------------------------------
+
+    def add(self, query: str | list[int], config, options: ChunkOptions | None = None,
+            forced: list[int] | None = None, keep_logits: bool = False) -> Request:
+        """Queue a request (a prompt string or query ids); it joins the batch at the next step."""
+        options = options or self.options
+        if options.beta != self.options.beta:
+            raise Vist2Error(f"beta {options.beta} differs from this engine's page ({self.options.beta} tokens)")
+        ids = self._query_ids(query)
+        prompt = build_prompt(self.tokenizer, ids, config.mode, options.chunk_tokens, options.beta,
+                              self.renderer.fits)
+        request = Request(next(self._ids), prompt, config, options, forced, keep_logits)
+        request.check_positions(self.model.llm.config)
+        request.stop_ids = set() if config.ignore_eos or forced is not None else self._stop_ids
+        if config.seed is not None:
+            request.generator = torch.Generator(device=self.model.device).manual_seed(config.seed)
+        request.pages = PageTexts(self.tokenizer)
+        with self._lock:
+            self.waiting.append(request)
+        return request
+
+    def cancel(self, request: Request) -> None:
+        """Stop a request; its slot is freed at the next step (its result keeps what it made)."""
+        request.cancelled = True
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.rows or self.waiting)
+
+    def run(self):
+        """Steps until every request added so far (or meanwhile) is done; yields each step's events."""
+        while self.busy:
+            yield self.step()
+
+    def kv_entries(self) -> int:
+        return sum(self.kv.lengths)
+
+    # -- one step -----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> list[Event]:
+        events = [Event(r, [], finished=True) for r in self.rows if r.cancelled]
+        for event in events:
+            self._leave(event.request)
+        events += self._admit()
+        if not self.rows:
+            return events
+        tokens = self._choose()
+        feed, complete = [], []
+        for request, token in zip(list(self.rows), tokens):
+            event = Event(request, request.accept(token, self.tokenizer))
+            events.append(event)
+            if request.finished:
+                event.finished = True
+                continue
+            if request.config.mode != "gcc":
+                feed.append(request)
+                continue
+            request.chunk.append(token)
+            done = len(request.chunk) == request.options.chunk_tokens
+            if not done or request.options.visual_sees_text:  # else nothing will ever see it
+                feed.append(request)
+            if done:
+                complete.append((request, event))
+        if feed:
+            self._decode(feed)
+        if complete:
+            self._compress(complete)
+        for request in [r for r in self.rows if r.finished]:
+            self._leave(request)
+        return events
+
+    def _query_ids(self, query: str | list[int]) -> list[int]:
+        if isinstance(query, str):
+            if not query.strip():
+                raise Vist2Error("the prompt is empty")
+            return self.tokenizer.encode(query, add_special_tokens=False)
+        if not isinstance(query, list) or not query:
+            raise Vist2Error("the prompt is empty")
+        return list(query)
+
+    def _admit(self) -> list[Event]:
+        with self._lock:
+            dropped = [r for r in self.waiting if r.cancelled]
+            waiting = [r for r in self.waiting if not r.cancelled]
+            room = len(waiting) if self.max_batch is None else max(self.max_batch - len(self.rows), 0)
+            joining, self.waiting = waiting[:room], waiting[room:]
+        events = []
+        for request in dropped:  # cancelled before it ever ran
+            request.finish(self.kv)
+            events.append(Event(request, [], finished=True))
+        for request in joining:
+            request.slot = self.kv.add_slot()
+            self.rows.append(request)
+            options, started = request.options, time.perf_counter()
+            logits, request.base = decode.prefill(
+                self.model, self.kv, request.slot, request.prompt.segments, options.chunk_tokens,
+                options.bidirectional_visual, lambda texts: self._encode(texts, [request]))
+            request.logits = logits
+            request.stats.prefill_s = time.perf_counter() - started
+            request.measure(self.kv)
+        return events
+
+    def _choose(self) -> list[int]:
+        """One token per running row: forced, greedy (batched) or sampled (per row)."""
+        from vist2.sampling import sample
+
+        vocabulary = len(self.tokenizer)  # the embedding matrix may be padded beyond it
+        logits = torch.stack([r.logits for r in self.rows])[:, :vocabulary]
+        greedy = logits.argmax(-1).tolist()
+        tokens = []
+        for index, request in enumerate(self.rows):
+            if request.forced is not None:
+                tokens.append(request.forced[request.stats.generated_tokens])
+            elif request.plain_greedy:
+                tokens.append(greedy[index])
+            else:
+                chosen = sample(logits[index : index + 1], [request.history], request.config, request.generator)
+                tokens.append(int(chosen[0]))
+            if request.keep_logits:
+                request.kept.append(request.logits)
+        return tokens
+
+    def _decode(self, rows: list[Request]) -> None:
+        """Feed each row's last token; transient (gcc chunk) tokens do not advance the base."""
+        positions = torch.tensor([[r.base + r.offset] for r in rows])
+        embeds = decode.embed_tokens(self.model, [r.output[-1] for r in rows])
+        new = torch.ones(1, 1, dtype=torch.bool)
+        logits = decode.forward(self.model, self.kv, [r.slot for r in rows], embeds, positions, new)
+        for request, row_logits in zip(rows, logits):
+            request.logits = row_logits
+            if request.config.mode == "gcc":
+                request.offset += 1
+            else:
+                request.base += 1
+            request.measure(self.kv)
+
+    def _compress(self, complete: list[tuple[Request, Event]]) -> None:
+        """Finished chunks -> visual blocks, one forward per group of rows alike in shape and options."""
+        groups: dict[tuple, list] = {}
+        for request, event in complete:
+            text = request.pages.next(request.chunk)
+            event.pages = chunk_pages(text, self.renderer.fits)
+            refit, split = changes([text], [event.pages])
+            request.stats.pages_refit += refit
+            request.stats.chunks_split += split
+            key = (len(event.pages), request.options.visual_sees_text, request.options.bidirectional_visual)
+            groups.setdefault(key, []).append((request, event))
+        for (pages, sees_text, bidirectional), members in groups.items():
+            rows = [request for request, _ in members]
+            visual = self._encode([p for _, event in members for p in event.pages], rows)
+            visual = visual.reshape(len(rows), pages * visual.shape[1], visual.shape[2])
+            logits = decode.compress(self.model, self.kv, [r.slot for r in rows], [r.offset for r in rows],
+                                     [r.base for r in rows], visual, self.options.beta, sees_text, bidirectional)
+            for request, row_logits in zip(rows, logits):
+                request.logits = row_logits
+                request.measure(self.kv, evicted=request.offset)
+                request.base += visual.shape[1]
+                request.offset = 0
+                request.chunk = []
+                request.stats.chunks_compressed += 1
+
+    def _encode(self, texts: list[str], rows: list[Request]) -> torch.Tensor:
+        """Render and encode pages: (N, beta, d); the time is charged to each of `rows`."""
+        started = time.perf_counter()
+        pages = self.renderer.render_batch(texts)
+        rendered = time.perf_counter()
+        visual = self.model.encode_pages(pages)
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize(self.model.device)
+        for request in rows:
+            request.stats.render_s += rendered - started
+            request.stats.encode_s += time.perf_counter() - rendered
+        return visual
+
+    def _leave(self, request: Request) -> None:
+        """Free the row's slot; the last slot's row moves into it, so slots stay 0..n-1 in order."""
+        request.finish(self.kv)
+        self.rows.remove(request)
+        moved = self.kv.free_slot(request.slot)
+        if moved is not None:
+            next(r for r in self.rows if r.slot == moved).slot = request.slot
+            self.rows.sort(key=lambda r: r.slot)

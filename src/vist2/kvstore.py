@@ -1,0 +1,120 @@
+"""The KV store of the engine: per-layer key and value buffers preallocated as
+(slots, kv heads, capacity, head dim), one slot per running request (DESIGN 5).
+
+A slot's entries [0, length) are its cache, compact: no padding, no holes. A forward names
+the slots it runs and where each writes (`begin`); transformers then calls `update` per
+layer, which writes the new keys and values in place and returns the slots' buffers up to
+the longest attended length. A gcc row's visual block is written after its chunk and then
+copied over it (`move`, beta entries), so eviction reallocates nothing and the freed entries
+are reused by the row's next tokens. Buffers grow in steps of GROW entries and shrink when
+half of them are free, so memory a finished request held is really returned.
+
+Chosen by measurement over a `DynamicCache` with per-row eviction: see benchmarks/engine_*.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vist2.errors import Vist2Error
+
+GROW = 32  # capacity grows in steps of this many entries (a copy of the store each time)
+
+
+class KVStore:
+    def __init__(self, llm_config, device: torch.device, dtype: torch.dtype):
+        types = set(getattr(llm_config, "layer_types", None) or ["full_attention"])
+        if types != {"full_attention"}:
+            raise Vist2Error("generation needs a backbone whose layers are all full attention "
+                             f"(this one has {sorted(types)})")
+        heads = getattr(llm_config, "num_key_value_heads", None) or llm_config.num_attention_heads
+        head_dim = getattr(llm_config, "head_dim", None) or llm_config.hidden_size // llm_config.num_attention_heads
+        self.shape = (llm_config.num_hidden_layers, 0, heads, 0, head_dim)
+        self.keys = torch.zeros(self.shape, device=device, dtype=dtype)
+        self.values = torch.zeros(self.shape, device=device, dtype=dtype)
+        self.lengths: list[int] = []  # entries held per slot in use
+        self._rows: torch.Tensor | slice = slice(0, 0)  # the slots of the current forward
+        self._index: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, 1) slots, (B, q) entries written
+        self._attend = 0  # entries the current forward attends (per slot, padding masked)
+
+    @property
+    def slots(self) -> int:
+        return self.keys.shape[1]
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[3]
+
+    def nbytes(self) -> int:
+        """Bytes of storage held by all layers' keys and values."""
+        return self.keys.untyped_storage().nbytes() + self.values.untyped_storage().nbytes()
+
+    def reserve(self, slots: int, entries: int) -> None:
+        """Room for `slots` slots of `entries` entries; reallocates (copying what is held) only
+        to grow, or to shrink when both fit in half of what is held."""
+        need_capacity = -(-entries // GROW) * GROW
+        grow = slots > self.slots or need_capacity > self.capacity
+        shrink = 2 * slots <= self.slots and 2 * need_capacity <= self.capacity
+        if grow or shrink:
+            self._resize(slots if shrink else max(slots, self.slots),
+                         need_capacity if shrink else max(need_capacity, self.capacity))
+
+    def _resize(self, slots: int, capacity: int) -> None:
+        layers, _, heads, _, head_dim = self.shape
+        keep_slots, keep = min(slots, self.slots), min(capacity, self.capacity)
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = torch.zeros(layers, slots, heads, capacity, head_dim, device=old.device, dtype=old.dtype)
+            new[:, :keep_slots, :, :keep] = old[:, :keep_slots, :, :keep]
+            setattr(self, name, new)
+
+    def add_slot(self) -> int:
+        self.lengths.append(0)
+        self.reserve(len(self.lengths), max(self.lengths))
+        return len(self.lengths) - 1
+
+    def free_slot(self, slot: int) -> int | None:
+        """Free a slot; the last slot moves into it (returns its old index) so slots stay compact."""
+        last = len(self.lengths) - 1
+        moved = None
+        if slot != last:
+            count = self.lengths[last]
+            self.keys[:, slot, :, :count] = self.keys[:, last, :, :count]
+            self.values[:, slot, :, :count] = self.values[:, last, :, :count]
+            self.lengths[slot] = count
+            moved = last
+        self.lengths.pop()
+        self.reserve(len(self.lengths), max(self.lengths, default=0))
+        return moved
+
+    def begin(self, slots: list[int], q: int) -> int:
+        """Prepare a forward of q new tokens for each slot, written after its entries; returns
+        the attended length (the longest slot's entries + q)."""
+        starts = [self.lengths[s] for s in slots]
+        self._attend = max(starts) + q
+        self.reserve(len(self.lengths), self._attend)
+        device = self.keys.device
+        index = torch.tensor(slots, device=device)
+        contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
+        self._rows = slice(slots[0], slots[0] + len(slots)) if contiguous else index
+        self._index = (index[:, None], torch.tensor(starts, device=device)[:, None] + torch.arange(q, device=device))
+        for s in slots:
+            self.lengths[s] += q
+        return self._attend
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """transformers' cache interface: store (B, H, q, D) new keys/values, return (B, H, L, D)."""
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        rows, write = self._index
+        keys[rows, :, write] = key_states.transpose(1, 2).to(keys.dtype)
+        values[rows, :, write] = value_states.transpose(1, 2).to(values.dtype)
+        return keys[self._rows, :, : self._attend], values[self._rows, :, : self._attend]
+
+    def move(self, slot: int, source: int, target: int, count: int) -> None:
+        """Copy entries [source, source + count) of a slot to [target, ...); the slot then ends there."""
+        self.keys[:, slot, :, target : target + count] = self.keys[:, slot, :, source : source + count].clone()
+        self.values[:, slot, :, target : target + count] = self.values[:, slot, :, source : source + count].clone()
+        self.lengths[slot] = target + count
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return max(self.lengths, default=0)

@@ -1,0 +1,139 @@
+"""One generation request: its prompt, options, per-row decoding state and statistics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from vist2.errors import Vist2Error
+from vist2.options import ChunkOptions
+from vist2.prompt import Prompt
+
+
+@dataclass
+class GenerationStats:
+    generated_tokens: int = 0  # tokens sampled, a final EOS included
+    chunks_compressed: int = 0  # response chunks turned into visual blocks (gcc)
+    kv_tokens_peak: int = 0  # most cache entries this row held at any time
+    kv_tokens_final: int = 0
+    kv_tokens_full_text: int = 0  # entries a full-text run would hold: text prompt + output
+    kv_bytes_peak: int = 0  # most bytes the KV store held (all rows) while this request ran
+    time_to_first_token_s: float = 0.0  # from `Engine.add` (queueing and prefill included)
+    prefill_s: float = 0.0
+    decode_s: float = 0.0  # after the first token
+    render_s: float = 0.0  # rendering pages (query and response), included in the above
+    encode_s: float = 0.0  # vision tower + aligner, included in the above
+    pages_refit: int = 0  # chunks (query or response) drawn with line breaks as spaces to fit a page
+    chunks_split: int = 0  # chunks whose text fits no page even so, spread over more pages (prompt.chunk_pages)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    mode: str
+    stats: GenerationStats
+    token_ids: list[int]  # generated ids, a final EOS excluded
+
+
+def stop_ids(tokenizer) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(end, int) and end != tokenizer.unk_token_id:
+        ids.add(end)
+    return {i for i in ids if i is not None}
+
+
+def cut_at_stop(text: str, stop_strings: tuple[str, ...]) -> tuple[str, bool]:
+    found = [text.index(s) for s in stop_strings if s in text]
+    return (text[: min(found)], True) if found else (text, False)
+
+
+@dataclass(eq=False)
+class Request:
+    id: int
+    prompt: Prompt
+    config: object  # a GenerationConfig
+    options: ChunkOptions
+    forced: list[int] | None = None  # teacher-forced tokens instead of sampling (`score`)
+    keep_logits: bool = False  # keep the logits that chose each token in `kept`
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    stop_ids: set[int] = field(default_factory=set)
+    generator: torch.Generator | None = None
+    pages: object = None  # a PageTexts: the text of each response chunk's page
+    slot: int = -1
+    base: int = 0  # next persistent position
+    offset: int = 0  # transient chunk tokens in the cache, on top of `base`
+    chunk: list[int] = field(default_factory=list)  # the current response chunk (gcc)
+    output: list[int] = field(default_factory=list)
+    logits: torch.Tensor | None = None  # (V,) fp32 logits of the next token
+    kept: list[torch.Tensor] = field(default_factory=list)
+    finished: bool = False
+    cancelled: bool = False
+    added_at: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self.history = list(self.prompt.context_ids)  # seen by the repetition penalty and n-gram ban
+        config = self.config
+        self.plain_greedy = (config.temperature == 0 and config.repetition_penalty == 1.0
+                             and config.no_repeat_ngram_size == 0)
+        self.steps = len(self.forced) if self.forced is not None else config.max_new_tokens
+        self.longest_stop = max((len(s) for s in config.stop_strings), default=0)
+
+    def check_positions(self, llm_config) -> None:
+        limit = getattr(llm_config, "max_position_embeddings", None)
+        if not limit:
+            return
+        K, beta, n, mode = self.options.chunk_tokens, self.options.beta, self.steps, self.config.mode
+        response = (n // K) * beta + min(n, K) if mode == "gcc" else n
+        if self.prompt.positions + response > limit:
+            raise Vist2Error(
+                f"the {mode} prompt needs {self.prompt.positions} positions and {n} new tokens up to "
+                f"{response} more, beyond the backbone's limit of {limit} (max_position_embeddings); "
+                "shorten the prompt, lower --max-new-tokens or use gcc/pcc compression")
+
+    def accept(self, token: int, tokenizer) -> list[int]:
+        """Take the chosen token; returns the ids it adds to the output (none for a stop token)."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.stats.generated_tokens += 1
+        added = []
+        if token in self.stop_ids:
+            self.finished = True
+        else:
+            self.output.append(token)
+            self.history.append(token)
+            added.append(token)
+            if self.longest_stop:
+                tail = tokenizer.decode(self.output[-(4 * self.longest_stop + 4) :], skip_special_tokens=True)
+                self.finished = cut_at_stop(tail, self.config.stop_strings)[1]
+        if self.stats.generated_tokens >= self.steps:
+            self.finished = True
+        return added
+
+    def measure(self, kv, evicted: int = 0) -> None:
+        """Record the entries this row holds (plus `evicted` ones just dropped) and the store's bytes."""
+        self.stats.kv_tokens_peak = max(self.stats.kv_tokens_peak, kv.lengths[self.slot] + evicted)
+        self.stats.kv_bytes_peak = max(self.stats.kv_bytes_peak, kv.nbytes())
+
+    def finish(self, kv) -> None:
+        """Final statistics, when the request leaves the engine."""
+        self.finished = True
+        end = time.perf_counter()
+        stats = self.stats
+        stats.kv_tokens_final = kv.lengths[self.slot] if self.slot >= 0 else 0
+        stats.kv_tokens_full_text = self.prompt.full_text_tokens + stats.generated_tokens
+        stats.pages_refit += self.prompt.pages_refit
+        stats.chunks_split += self.prompt.chunks_split
+        first = self.first_token_at or end
+        stats.time_to_first_token_s = first - self.added_at
+        stats.decode_s = end - first
+
+    def result(self, tokenizer) -> GenerationResult:
+        text, _ = cut_at_stop(tokenizer.decode(self.output, skip_special_tokens=True), self.config.stop_strings)
+        return GenerationResult(text, self.config.mode, self.stats, list(self.output))

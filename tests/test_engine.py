@@ -1,0 +1,103 @@
+"""The engine: requests that join a running batch late, in every mode, give the single-prompt
+results; rows at different chunk phases still equal the teacher-forced forward; cancel and
+max_batch; the page rule never drops query or response text."""
+
+import torch
+
+from vist2.engine import Engine
+from vist2.generate import GenerationConfig, generate
+from vist2.options import chunk_options
+from vist2.prompt import build_prompt, chat_parts, chunk_pages, split_page
+from vist2.render import Renderer
+from vist2.verify import teacher_example, teacher_logits
+
+SHORT, LONG = "Hi.", "Summarise the following notes, please. " * 3
+
+
+def greedy(mode, n, **options):
+    return GenerationConfig(mode=mode, max_new_tokens=n, ignore_eos=True, **options)
+
+
+def test_late_joiners_in_every_mode_equal_single_prompts(tiny):
+    model, tokenizer = tiny
+    options = chunk_options(model, chunk_tokens=16)  # several chunks, at different phases per row
+    early = [(SHORT, greedy("gcc", 50)), (LONG, greedy("text", 40)), (LONG, greedy("pcc", 45, temperature=1.0, seed=2))]
+    late = [(LONG, greedy("gcc", 45)), (SHORT, greedy("pcc", 30)), (SHORT, greedy("text", 30))]
+    engine = Engine(model, tokenizer, options=options)
+    requests = [engine.add(prompt, config) for prompt, config in early]
+    for _ in range(7):
+        engine.step()
+    requests += [engine.add(prompt, config) for prompt, config in late]
+    for _ in engine.run():
+        pass
+    assert engine.kv.lengths == [] and engine.kv.nbytes() == 0
+    for request, (prompt, config) in zip(requests, early + late):
+        single = generate(model, tokenizer, prompt, config, options=options)
+        assert request.result(tokenizer).token_ids == single.token_ids, (prompt, config.mode)
+        assert request.stats.kv_tokens_peak == single.stats.kv_tokens_peak
+        assert request.stats.chunks_compressed == single.stats.chunks_compressed
+
+
+def test_rows_at_different_chunk_phases_equal_the_teacher_forced_forward(tiny):
+    model, tokenizer = tiny
+    renderer = Renderer(model.config.render)
+    end = chat_parts(tokenizer)[2]
+    engine = Engine(model, tokenizer, renderer, chunk_options(model, renderer, chunk_tokens=20))
+    cases = [(list(b"first query " * 3), list(b"a response " * 5), True, 0),
+             (list(b"second " * 4), list(b"another one " * 4), False, 7),
+             (list(b"third query, longer " * 3), list(b"x y z " * 9), True, 13)]
+    requests, step = [None] * len(cases), 0
+    while step == 0 or engine.busy:
+        for index, (query, response, sees_text, join) in enumerate(cases):
+            if join == step:
+                options = chunk_options(model, renderer, chunk_tokens=20, visual_sees_text=sees_text)
+                requests[index] = engine.add(query, greedy("gcc", len(response + end)), options,
+                                             forced=response + end, keep_logits=True)
+        engine.step()
+        step += 1
+    for request, (query, response, sees_text, _) in zip(requests, cases):
+        example = teacher_example(tokenizer, renderer, query, response, "gcc", 20, 16, sees_text)
+        expected = teacher_logits(model, renderer, example, pad_id=0)
+        assert request.stats.chunks_compressed >= 2
+        assert (torch.stack(request.kept) - expected).abs().max() <= 1e-4
+
+
+def test_cancel_frees_the_row_and_max_batch_queues(tiny):
+    model, tokenizer = tiny
+    engine = Engine(model, tokenizer, max_batch=2)
+    a, b, c = (engine.add(prompt, greedy("gcc", 20)) for prompt in (SHORT, LONG, SHORT))
+    engine.step()
+    assert engine.rows == [a, b] and engine.waiting == [c]
+    d = engine.add(LONG, greedy("text", 20))
+    engine.cancel(a)
+    engine.cancel(d)  # still waiting: it never runs
+    events = engine.step()
+    assert any(e.request is a and e.finished for e in events) and a not in engine.rows and c in engine.rows
+    assert any(e.request is d and e.finished for e in events) and d.output == [] and not engine.waiting
+    assert a.result(tokenizer).token_ids and len(a.output) < 20
+    for _ in engine.run():
+        pass
+    assert len(b.output) == len(c.output) == 20 and engine.kv.nbytes() == 0
+
+
+def test_page_rule_never_drops_text(tiny):
+    _, tokenizer = tiny
+    renderer = Renderer(tiny[0].config.render)  # 128 x 32: three lines at the smallest size
+    wide = "name\tvalue\tunit\tnote\t" * 4
+    pages = split_page(wide, renderer.fits)
+    assert len(pages) > 1 and "".join(pages) == wide and all(map(renderer.fits, pages))
+    assert chunk_pages("a\nb\nc\nd\ne", renderer.fits) == ["a b c d e"]  # line breaks as spaces
+    assert chunk_pages("short", renderer.fits) == ["short"]
+    query = tokenizer.encode(wide * 3, add_special_tokens=False)
+    prompt = build_prompt(tokenizer, query, "pcc", 64, 16, renderer.fits)
+    compressed = len(query) - sum(len(ids) for kind, ids in prompt.segments if kind == "text") + len(
+        chat_parts(tokenizer)[0] + chat_parts(tokenizer)[1])
+    assert "".join(prompt.pages) == tokenizer.decode(query[:compressed])  # the whole query, over more pages
+    assert prompt.chunks_split == 3 and prompt.positions == len(chat_parts(tokenizer)[0]) + len(prompt.pages) * 16 + (
+        len(query) - compressed) + len(chat_parts(tokenizer)[1])
+
+
+def test_generation_counts_query_chunks_spread_over_pages(tiny):
+    model, tokenizer = tiny
+    result = generate(model, tokenizer, "name\tvalue\tunit\tnote\t" * 12, greedy("pcc", 5))
+    assert result.stats.chunks_split == 3 and result.stats.generated_tokens == 5
