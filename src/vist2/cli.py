@@ -6,8 +6,10 @@ Heavy modules are imported inside each command so `vist2 --help` stays instant.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
+import traceback
 
 from vist2.errors import Vist2Error
 
@@ -26,14 +28,32 @@ def main(argv: list[str] | None = None) -> int:
     _add_quickstart(commands)
     _add_layout(commands)
     _add_bench(commands)
+    for sub in commands.choices.values():
+        sub.add_argument("--debug", action="store_true",
+                         help="print the traceback of any error (also: environment VIST2_DEBUG=1)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     args.command_line = "vist2 " + shlex.join(argv)  # recorded in result files
+    debug = args.debug or os.environ.get("VIST2_DEBUG", "") not in ("", "0")
     try:
         code = args.run(args)
-    except Vist2Error as error:
+    except Vist2Error as error:  # bad input: one line, status 2
+        if debug:
+            traceback.print_exc()
         print(f"vist2 {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"vist2 {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
+    except Exception as error:  # a bug: short line; the traceback with --debug
+        if debug:
+            traceback.print_exc()
+        print(f"vist2 {args.command}: internal error: {type(error).__name__}: {error} "
+              "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1
     return code or 0
 
 
