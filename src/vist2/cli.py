@@ -175,7 +175,7 @@ def _train(args) -> int:
 
     result = train(config_from_args(args))
     if result.skipped:
-        print(f"skipped {result.skipped} caption pairs with a missing or unreadable image")
+        print(f"skipped {len(result.skipped)} samples (first: {result.skipped[0]})")
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
     print(f"trained {result.steps} steps in {result.seconds:.0f} s{last}; model saved to {result.final}")
     return 0

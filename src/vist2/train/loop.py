@@ -41,7 +41,7 @@ class TrainResult:
     losses: list[float]  # one per optimizer step, from step 1
     steps: int
     seconds: float
-    skipped: int  # captioning pairs skipped for a bad image
+    skipped: list[str]  # samples skipped (a bad captioning image, an SFT query over max_length), with file:line
     model: Vist2Model  # the trained model (unwrapped, on this process's device)
     tokenizer: object
 
@@ -222,7 +222,7 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
         raise Vist2Error(f"page_tokens must be at most the chunk ({chunk_tokens}) and is for the ocr stage only")
     dataset = build_dataset(config.stage, config.data, tokenizer, config.page_tokens or chunk_tokens,
                             model.config.visual_tokens, config.max_length, config.on_bad_image,
-                            model.config.chunk.visual_sees_text, config.ocr_replay)
+                            model.config.chunk.visual_sees_text, config.ocr_replay, config.images_outside_data)
     per_epoch = len(dataset) // config.batch_size
     total = config.max_steps or config.epochs * per_epoch
     if total < 1:
@@ -317,5 +317,5 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
             _plot(losses, output / "loss.png", f"VIST2 {config.stage} stage")
         writer.close()
     accelerator.wait_for_everyone()
-    skipped = len(getattr(dataset, "skipped", []))
+    skipped = list(getattr(dataset, "skipped", []))
     return TrainResult(final, losses, step, seconds, skipped, accelerator.unwrap_model(model), tokenizer)
