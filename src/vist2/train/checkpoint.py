@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,11 @@ def lock(output: Path):
     handle = open(output / LOCK, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as error:
+        if not isinstance(error, BlockingIOError):  # a file system without flock: say so, run unprotected
+            print(f"warning: cannot lock {output / LOCK} ({error}); do not start a second run on it",
+                  file=sys.stderr)
+            return handle
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
