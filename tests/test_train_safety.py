@@ -101,12 +101,14 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp
     again.close()
 
 
-def test_resume_passes_over_a_damaged_newest_checkpoint(tmp_path, capsys):
+@pytest.mark.parametrize("damaged", ["config.json", "model.safetensors"])
+def test_resume_passes_over_a_damaged_newest_checkpoint(damaged, tmp_path, capsys):
     data, run = corpus(tmp_path / "corpus"), tmp_path / "run"
     steps = ["--max-steps", "3", "--save-every", "1", "--keep-checkpoints", "3"]
     assert main(train_command(data, run, "--max-steps", "2", "--save-every", "1", "--keep-checkpoints", "3")) == 0
     newest = run / "checkpoints" / "step-00000002"
-    (newest / "model" / "config.json").write_text("{ truncated")
+    path = newest / "model" / damaged
+    path.write_bytes(path.read_bytes()[:100])
     capsys.readouterr()
     assert main(train_command(data, run, *steps, "--resume")) == 0
     err = capsys.readouterr().err

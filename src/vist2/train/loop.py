@@ -57,21 +57,21 @@ def learning_rate(config: TrainConfig, step: int, total: int) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _usable_checkpoint(config: TrainConfig) -> Path | None:
-    """The newest complete checkpoint that reads back; damaged newer ones are reported and passed over."""
+def _usable_checkpoint(config: TrainConfig) -> tuple[Path, Vist2Model] | None:
+    """The newest complete checkpoint that loads, and its model; damaged newer ones are reported and passed over."""
     for checkpoint in reversed(ckpt.complete_checkpoints(config.output)):
         try:
             progress = ckpt.read_progress(checkpoint)
-            read_checkpoint_config(checkpoint / "model")
             if not (checkpoint / "state").is_dir():
                 raise Vist2Error("no state/ folder")
+            model = Vist2Model.from_pretrained(checkpoint / "model")
         except (Vist2Error, OSError, ValueError, KeyError) as error:
             print(f"warning: checkpoint {checkpoint} is damaged ({error}); trying the one before", file=sys.stderr)
             continue
         if progress.get("stage", config.stage) != config.stage:
             raise Vist2Error(f"cannot resume: {checkpoint} is from stage {progress['stage']!r}, this run is "
                              f"{config.stage!r}; use --init {checkpoint / 'model'} to start a new stage from it")
-        return checkpoint
+        return checkpoint, model
     if ckpt.complete_checkpoints(config.output):
         raise Vist2Error(f"cannot resume: no checkpoint in {ckpt.checkpoints_dir(config.output)} is readable")
     return None
@@ -92,10 +92,11 @@ def _load_model(config: TrainConfig, model_config: Vist2Config | None) -> tuple[
     if (final.exists() or final.is_symlink()) and not last:
         raise Vist2Error(f"{final} already holds a finished model and there is no checkpoint to resume; "
                          "choose another --output or move it away (nothing was overwritten)")
-    checkpoint = _usable_checkpoint(config) if config.resume else None
-    if checkpoint is not None:
+    usable = _usable_checkpoint(config) if config.resume else None
+    if usable is not None:
+        checkpoint, model = usable
         model_dir = checkpoint / "model"
-        found, _ = read_checkpoint_config(model_dir)
+        found = model.config
         expected = config.preset or (model_config.preset if model_config else None)
         if expected and found.preset != expected:
             raise Vist2Error(f"cannot resume: {checkpoint} holds a model of preset {found.preset!r}, "
@@ -104,7 +105,7 @@ def _load_model(config: TrainConfig, model_config: Vist2Config | None) -> tuple[
             ckpt.check_same_model(ckpt.model_identity(config.init), model_dir, "cannot resume: checkpoint")
         if checkpoint != last[-1]:
             print(f"resuming from {checkpoint}, the newest checkpoint that reads back", file=sys.stderr)
-        return Vist2Model.from_pretrained(model_dir).train(), ckpt.read_progress(checkpoint), checkpoint
+        return model.train(), ckpt.read_progress(checkpoint), checkpoint
     if config.resume:
         print(f"--resume: no checkpoint in {ckpt.checkpoints_dir(config.output)}; starting from the beginning",
               file=sys.stderr)
