@@ -162,4 +162,4 @@ def test_layout_command_olm_shape(capsys):
 
 def test_layout_command_rejects_bad_numbers(capsys):
     assert main(["layout", "-K", "0"]) == 2
-    assert "must be >= 1" in capsys.readouterr().err
+    assert "--chunk-tokens must be in [1, 4096], got 0" in capsys.readouterr().err

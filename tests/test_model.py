@@ -110,7 +110,7 @@ def test_checkpoint_errors_name_the_problem(parts, tmp_path):
     config = json.loads((tmp_path / "mismatch" / "config.json").read_text())
     config["llm"]["params"]["hidden_size"] = 96
     (tmp_path / "mismatch" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(Vist2Error, match="size mismatch"):
+    with pytest.raises(Vist2Error, match="does not belong to these weights"):
         Vist2Model.from_pretrained(tmp_path / "mismatch")
 
     (tmp_path / "mismatch" / "config.json").write_text("{not json")

@@ -6,10 +6,13 @@ Heavy modules are imported inside each command so `vist2 --help` stays instant.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
+import traceback
 
 from vist2.errors import Vist2Error
+from vist2.inputs import SEED, THREADS, check_device, integer, positive_number, read_text, utf8_text, writable_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,32 +29,45 @@ def main(argv: list[str] | None = None) -> int:
     _add_quickstart(commands)
     _add_layout(commands)
     _add_bench(commands)
+    for sub in commands.choices.values():
+        sub.add_argument("--debug", action="store_true",
+                         help="print the traceback of any error (also: environment VIST2_DEBUG=1)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     args.command_line = "vist2 " + shlex.join(argv)  # recorded in result files
+    debug = args.debug or os.environ.get("VIST2_DEBUG", "") not in ("", "0")
     try:
         code = args.run(args)
-    except Vist2Error as error:
+    except Vist2Error as error:  # bad input: one line, status 2
+        if debug:
+            traceback.print_exc()
         print(f"vist2 {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"vist2 {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): not an error of ours
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        except (OSError, ValueError, AttributeError):  # stdout is no real file (e.g. under a test)
+            pass
+        return 141
+    except Exception as error:  # a bug: short line; the traceback with --debug
+        if debug:
+            traceback.print_exc()
+        print(f"vist2 {args.command}: internal error: {type(error).__name__}: {error} "
+              "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1
     return code or 0
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except (OSError, UnicodeDecodeError) as error:
-        raise Vist2Error(f"cannot read {path}: {error}") from error
 
 
 def _add_render(commands) -> None:
     parser = commands.add_parser("render", help="render one text chunk to a grayscale page image")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("text", nargs="?", help="the text to render")
+    source.add_argument("text", nargs="?", type=utf8_text, help="the text to render")
     source.add_argument("--file", help="read the text from this UTF-8 file instead")
-    parser.add_argument("--width", type=int, default=256, help="page width in pixels (default 256)")
-    parser.add_argument("--height", type=int, default=256, help="page height in pixels (default 256)")
+    parser.add_argument("--width", type=int, default=256, help="page width in pixels (default 256, at most 8192)")
+    parser.add_argument("--height", type=int, default=256, help="page height in pixels (default 256, at most 8192)")
     parser.add_argument("--font", help="a .ttf/.ttc font file (default: the bundled WenQuanYi Micro Hei)")
     parser.add_argument("--font-index", type=int, default=1, help="face index in a .ttc (default 1, Mono)")
     parser.add_argument("--line-height", type=int, help="fixed line pitch in pixels (default 1.2 x font size)")
@@ -62,7 +78,8 @@ def _add_render(commands) -> None:
 def _render(args) -> int:
     from vist2.render import RenderConfig, Renderer
 
-    text = args.text if args.file is None else _read_text(args.file)
+    writable_file(args.output, "--output")
+    text = args.text if args.file is None else read_text(args.file, "--file")
     config = RenderConfig(
         width=args.width,
         height=args.height,
@@ -79,6 +96,9 @@ def _render(args) -> int:
     return 0
 
 
+MAX_LAYOUT_TOKENS = 4096  # the printed mask is (length x length) characters
+
+
 def _add_layout(commands) -> None:
     parser = commands.add_parser(
         "layout", help="print a stage's interleaved layout: segments, position ids and attention mask",
@@ -88,8 +108,10 @@ def _add_layout(commands) -> None:
     parser.add_argument("--chunk-tokens", "-K", type=int, default=8, help="text tokens per chunk, K (default 8)")
     parser.add_argument("--visual-tokens", "-b", type=int, default=2, help="visual tokens per page, beta (default 2)")
     parser.add_argument("--tokens", type=int, default=20,
-                        help="text tokens: the document (ocr, olm), caption (captioning) or response (sft)")
-    parser.add_argument("--query-tokens", type=int, default=19, help="sft only: query tokens (default 19)")
+                        help=f"text tokens: the document (ocr, olm), caption (captioning) or response (sft); "
+                             f"at most {MAX_LAYOUT_TOKENS}")
+    parser.add_argument("--query-tokens", type=int, default=19,
+                        help=f"sft only: query tokens (default 19, at most {MAX_LAYOUT_TOKENS})")
     parser.add_argument("--blind-visual", action="store_true", help="visual blocks do not see their text chunk")
     parser.add_argument("--bidirectional-visual", action="store_true", help="full attention inside a visual block")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -104,11 +126,12 @@ def _layout(args) -> int:
     from vist2 import stages
     from vist2.tokenizer import byte_tokenizer
 
-    for name in ("chunk_tokens", "visual_tokens", "tokens"):
-        if getattr(args, name) < 1:
-            raise Vist2Error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.query_tokens < 0:
-        raise Vist2Error("--query-tokens must be >= 0")
+    for name in ("chunk_tokens", "visual_tokens", "tokens", "query_tokens"):
+        low, value = int(name != "query_tokens"), getattr(args, name)
+        if not low <= value <= MAX_LAYOUT_TOKENS:
+            raise Vist2Error(f"--{name.replace('_', '-')} must be in [{low}, {MAX_LAYOUT_TOKENS}], got {value}")
+    if args.png:
+        writable_file(args.png, "--png")
     tokenizer = byte_tokenizer()  # one token per ASCII character, so counts are exact
     ids = tokenizer.encode("x" * args.tokens, add_special_tokens=False)
     pad, K, beta = tokenizer.pad_token_id, args.chunk_tokens, args.visual_tokens
@@ -155,7 +178,7 @@ def _train(args) -> int:
 
     result = train(config_from_args(args))
     if result.skipped:
-        print(f"skipped {result.skipped} caption pairs with a missing or unreadable image")
+        print(f"skipped {len(result.skipped)} samples (first: {result.skipped[0]})")
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
     print(f"trained {result.steps} steps in {result.seconds:.0f} s{last}; model saved to {result.final}")
     return 0
@@ -165,23 +188,25 @@ def _add_model_source(parser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a vist2 checkpoint folder")
     source.add_argument("--preset", help="a preset with random weights (seeded), e.g. tiny, smollm2-135m")
-    parser.add_argument("--seed", type=int, default=0, help="seed for random weights and sampling (default 0)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed for random weights and sampling (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
 
 
 def _add_generate(commands) -> None:
     parser = commands.add_parser("generate", help="generate a response in gcc, pcc or text mode")
     _add_model_source(parser)
     prompt = parser.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", help="the user query")
+    prompt.add_argument("--prompt", type=utf8_text, help="the user query")
     prompt.add_argument("--prompt-file", help="read the user query from this UTF-8 file")
     parser.add_argument("--mode", default="gcc", help="gcc (VIST2), pcc (query compressed) or text (default gcc)")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--no-repeat-ngram-size", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate (default 256)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
+    parser.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest tokens; 0 = off (default)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0,
+                        help="> 1 discourages tokens already seen (default 1 = off)")
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                        help="never repeat an n-gram of this size; 0 = off (default)")
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence tokens")
     parser.add_argument("--json", action="store_true", help="print one JSON object: text, mode, stats")
@@ -193,13 +218,16 @@ def _generate(args) -> int:
 
     from vist2.generate import GenerationConfig, generate, load_model, stream
 
-    prompt = args.prompt if args.prompt_file is None else _read_text(args.prompt_file)
+    prompt = args.prompt if args.prompt_file is None else read_text(args.prompt_file, "--prompt-file")
     config = GenerationConfig(
         mode=args.mode, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size, stop_strings=tuple(args.stop),
         ignore_eos=args.ignore_eos, seed=args.seed,
     )
+    if not prompt.strip():
+        raise Vist2Error("the prompt is empty")
+    check_device(args.device)
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device)
     if args.json:
         result = generate(model, tokenizer, prompt, config)
@@ -224,6 +252,11 @@ def _verify(args) -> int:
     from vist2.options import chunk_options
     from vist2.verify import tolerance, verify
 
+    if args.tolerance is not None and not 0 <= args.tolerance < float("inf"):
+        raise Vist2Error(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
+    if args.chunk_tokens is not None and args.chunk_tokens < 1:
+        raise Vist2Error(f"--chunk-tokens must be >= 1, got {args.chunk_tokens}")
+    check_device(args.device)
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device)
     options = chunk_options(model, chunk_tokens=args.chunk_tokens)
     limit = args.tolerance if args.tolerance is not None else tolerance(model)
@@ -241,14 +274,14 @@ def _add_bench(commands) -> None:
     parser.add_argument("--scenario", default="all", help="long-writing, long-context or all (default all)")
     parser.add_argument("--lengths", help="comma-separated lengths replacing the grid's: responses for "
                         "long-writing, queries for long-context (e.g. 1024,16384)")
-    parser.add_argument("--scale", type=float, help="multiply the grid's lengths (default 1 on GPU, 1/16 on CPU)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case and mode; medians (default 3)")
-    parser.add_argument("--count-limit", type=int, default=1500,
+    parser.add_argument("--scale", type=positive_number, help="multiply the grid's lengths (default 1 on GPU, 1/16 on CPU)")
+    parser.add_argument("--repeats", type=integer(1), default=3, help="timed runs per case and mode; medians (default 3)")
+    parser.add_argument("--count-limit", type=integer(0), default=1500,
                         help="count FLOPs on the generation itself up to this many forwards; beyond, "
                         "on the meta device (FlopCounterMode slows a forward ~10x; default 1500)")
-    parser.add_argument("--chunk-tokens", type=int, help="override K of the model's config")
+    parser.add_argument("--chunk-tokens", type=integer(1), help="override K of the model's config")
     parser.add_argument("--page", help="override the page size WxH (beta = W/16s * H/16s), e.g. 256x256")
-    parser.add_argument("--max-positions", type=int,
+    parser.add_argument("--max-positions", type=integer(1),
                         help="override the preset LLM's max_position_embeddings (random-weight presets only)")
     parser.add_argument("--paper-sizes", nargs="*", metavar="PRESET",
                         help="also count these paper presets on the meta device (no names: all three)")
@@ -258,8 +291,8 @@ def _add_bench(commands) -> None:
     parser.add_argument("--device", help="torch device (default: cuda if any, else cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                         help="model dtype (default bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
+    parser.add_argument("--threads", type=THREADS, help="torch CPU threads")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed for random weights (default 0)")
     parser.set_defaults(run=_bench)
 
 
@@ -271,27 +304,38 @@ def _bench(args) -> int:
     from vist2.bench.run import bench
     from vist2.bench.scenarios import CPU_SCALE, cases
 
-    if args.repeats < 1:
-        raise Vist2Error("--repeats must be >= 1")
+    from vist2.presets import PRESETS
+
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         lengths = [int(n) for n in args.lengths.split(",")] if args.lengths else None
     except ValueError:
         raise Vist2Error(f"--lengths must be comma-separated integers, got {args.lengths!r}") from None
+    if lengths and min(lengths) < 1:
+        raise Vist2Error(f"--lengths must be >= 1, got {args.lengths!r}")
+    if args.page:
+        _page_size(args.page)
     scale = args.scale or (1.0 if args.device.startswith("cuda") else CPU_SCALE)
     grid = [] if args.no_measure else cases(args.scenario, lengths, scale)
     paper = args.paper_sizes
     if paper == []:
         paper = ["vist2-0.6b", "vist2-4b", "vist2-8b"]
+    unknown = [name for name in paper or [] if name not in PRESETS]
+    if unknown:
+        raise Vist2Error(f"--paper-sizes: unknown preset {unknown[0]!r}; choose from {', '.join(PRESETS)}")
     if args.no_measure and not paper:
         raise Vist2Error("--no-measure needs --paper-sizes")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise Vist2Error(f"--out {out} exists and is not a folder")
     model = tokenizer = None
     if grid:
         model, tokenizer = _bench_model(args)
     arguments = {k: v for k, v in vars(args).items() if k not in ("run", "command_line")}
-    bench(model, tokenizer, grid, args.repeats, Path(args.out), args.name, paper or [],
+    bench(model, tokenizer, grid, args.repeats, out, args.name, paper or [],
           cases(args.scenario, None, 1.0) if paper else [], args.command_line, arguments, args.count_limit)
     return 0
 
@@ -309,10 +353,7 @@ def _bench_model(args):
     if args.chunk_tokens:
         changes["chunk.chunk_tokens"] = args.chunk_tokens
     if args.page:
-        try:
-            width, height = (int(n) for n in args.page.lower().split("x"))
-        except ValueError:
-            raise Vist2Error(f"--page must look like 256x256, got {args.page!r}") from None
+        width, height = _page_size(args.page)
         changes.update({"render.width": width, "render.height": height})
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     if args.model:
@@ -327,21 +368,32 @@ def _bench_model(args):
     return model, load_tokenizer(model.config.tokenizer)
 
 
+def _page_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise Vist2Error(f"--page must look like 256x256, got {text!r}") from None
+    if min(width, height) < 1:
+        raise Vist2Error(f"--page sides must be >= 1 pixel, got {text!r}")
+    return width, height
+
+
 def _add_quickstart(commands) -> None:
     parser = commands.add_parser(
         "quickstart", help="train a small VIST2 on CPU, offline, in about 10 minutes, and evaluate it",
         description="Build a small VIST2, train it (OCR then OLM) on text the install provides, evaluate on "
                     "held-out text and print a table; saves the model, a sample page and loss plots.")
     parser.add_argument("--output", default="vist2-quickstart", help="run folder (default ./vist2-quickstart)")
-    parser.add_argument("--minutes", type=float, default=10.0, help="training time budget (default 10)")
-    parser.add_argument("--steps", type=int, default=0, help="steps per stage instead of a time budget")
-    parser.add_argument("--eval-chunks", type=int, default=256, help="held-out pages to read (default 256)")
-    parser.add_argument("--eval-windows", type=int, default=64, help="held-out OLM windows (default 64)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--minutes", type=positive_number, default=10.0,
+                        help="training time budget, > 0 (default 10)")
+    parser.add_argument("--steps", type=integer(0), default=0, help="steps per stage instead of a time budget")
+    parser.add_argument("--eval-chunks", type=integer(1), default=256, help="held-out pages to read (default 256)")
+    parser.add_argument("--eval-windows", type=integer(1), default=64, help="held-out OLM windows (default 64)")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed for the model, data and sampling (default 0)")
+    parser.add_argument("--threads", type=THREADS, default=1,
                         help="torch CPU threads (default 1: this small model gains little from more, "
                              "and loses much on a busy CPU)")
-    parser.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
+    parser.add_argument("--no-progress-bar", dest="progress_bar", action="store_false", help="no tqdm bar")
     parser.set_defaults(run=_quickstart)
 
 

@@ -15,6 +15,23 @@ from vist2.errors import Vist2Error
 from vist2.render import RenderConfig
 
 VISION_TYPES = ("siglip_vision_model", "siglip2_vision_model")
+ATTENTION = ("sdpa", "flex_attention", "eager")
+_TYPES = {"int": int, "bool": bool, "str": str, "str | None": (str, type(None)), "dict[str, Any]": dict}
+
+
+def _check_field_types(config) -> None:
+    """Every field of `config` and its parts has its declared type (config.json is untrusted)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            if f.name != "render":  # RenderConfig checks itself
+                for inner in dataclasses.fields(value):
+                    kind = _TYPES.get(inner.type)
+                    item = getattr(value, inner.name)
+                    if kind and (not isinstance(item, kind) or (kind is int and isinstance(item, bool))):
+                        raise Vist2Error(f"{f.name}.{inner.name} must be of type {inner.type}, got {item!r}")
+        elif not isinstance(value, str):
+            raise Vist2Error(f"{f.name} must be a string, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,11 @@ class Vist2Config:
     preset: str = "custom"
 
     def __post_init__(self) -> None:
+        _check_field_types(self)
+        if self.attn_implementation not in ATTENTION:
+            raise Vist2Error(f"attn_implementation must be one of {ATTENTION}, got {self.attn_implementation!r}")
+        if self.aligner.merge < 1:
+            raise Vist2Error(f"aligner.merge must be >= 1, got {self.aligner.merge}")
         if self.vision.model_type not in VISION_TYPES:
             raise Vist2Error(f"vision.model_type must be one of {VISION_TYPES}, got {self.vision.model_type!r}")
         if self.aligner.kind not in ("tanh", "mlp"):
@@ -128,6 +150,8 @@ class Vist2Config:
         values = dict(data)
         for name, part in parts.items():
             if name in values:
+                if not isinstance(values[name], dict):
+                    raise Vist2Error(f"config.{name} must be a JSON object, got {values[name]!r}")
                 fields = {f.name for f in dataclasses.fields(part)}
                 extra = set(values[name]) - fields
                 if extra:

@@ -140,6 +140,10 @@ class Engine:
         if isinstance(query, str):
             if not query.strip():
                 raise Vist2Error("the prompt is empty")
+            try:
+                query.encode("utf-8")
+            except UnicodeEncodeError:
+                raise Vist2Error("the prompt is not valid UTF-8 text (it holds lone surrogates)") from None
             return self.tokenizer.encode(query, add_special_tokens=False)
         if not isinstance(query, list) or not query:
             raise Vist2Error("the prompt is empty")

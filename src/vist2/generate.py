@@ -42,9 +42,18 @@ class GenerationConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        INF = float("inf")  # noqa: N806  (NaN fails every comparison, so -INF < x < INF rejects it too)
         if self.mode not in MODES:
             raise Vist2Error(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        for name in ("max_new_tokens", "top_k", "no_repeat_ngram_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise Vist2Error(f"{name} must be an integer, got {value!r}")
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not -INF < value < INF:
+                raise Vist2Error(f"{name} must be a finite number, got {value!r}")
+        if self.max_new_tokens < 1:
             raise Vist2Error(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
         if self.temperature < 0 or self.top_k < 0 or self.no_repeat_ngram_size < 0:
             raise Vist2Error("temperature, top_k and no_repeat_ngram_size must be >= 0")
@@ -52,8 +61,14 @@ class GenerationConfig:
             raise Vist2Error(f"top_p must be in (0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
             raise Vist2Error(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if isinstance(self.stop_strings, str) or not all(isinstance(s, str) for s in self.stop_strings):
+            raise Vist2Error(f"stop_strings must be a tuple of strings, got {self.stop_strings!r}")
         if any(not s for s in self.stop_strings):
             raise Vist2Error("stop strings must be non-empty")
+        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
+            raise Vist2Error(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        if not isinstance(self.ignore_eos, bool):
+            raise Vist2Error(f"ignore_eos must be True or False, got {self.ignore_eos!r}")
 
 
 def load_model(model_dir: str | None = None, preset_name: str | None = None, seed: int = 0,
@@ -74,20 +89,23 @@ def load_model(model_dir: str | None = None, preset_name: str | None = None, see
 
 
 def _prompt_list(prompt) -> list[str]:
+    if isinstance(prompt, (bytes, bytearray)):
+        raise Vist2Error("the prompt must be a str (or a list of str), got bytes; decode it first")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise Vist2Error("no prompts given")
     for p in prompts:
-        if not isinstance(p, str) or not p.strip():
-            raise Vist2Error("the prompt is empty")
+        if not isinstance(p, str):
+            raise Vist2Error(f"the prompt must be a str, got {type(p).__name__}")
     return prompts
 
 
 def generate(model, tokenizer, prompt: str | list[str], config: GenerationConfig = GenerationConfig(),
              renderer=None, options: ChunkOptions | None = None) -> GenerationResult | list[GenerationResult]:
     """Generate for one prompt (a result) or a batch of prompts (a list, any mode)."""
+    prompts = _prompt_list(prompt)
     engine = Engine(model, tokenizer, renderer, options)
-    requests = [engine.add(p, config) for p in _prompt_list(prompt)]
+    requests = [engine.add(p, config) for p in prompts]
     for _ in engine.run():
         pass
     results = [request.result(tokenizer) for request in requests]
@@ -136,8 +154,9 @@ class TextStream:
 def stream(model, tokenizer, prompt: str, config: GenerationConfig = GenerationConfig(),
            renderer=None, options: ChunkOptions | None = None) -> Iterator[str]:
     """Yield the text as it is produced; "".join of the pieces equals `generate(...).text`."""
+    query = _prompt_list(prompt)[0]
     engine = Engine(model, tokenizer, renderer, options)
-    request = engine.add(_prompt_list(prompt)[0], config)
+    request = engine.add(query, config)
     text = TextStream(tokenizer, config.stop_strings)
     for events in engine.run():
         for event in events:

@@ -36,8 +36,17 @@ def build_llm(config: LLMConfig, attn_implementation: str) -> nn.Module:
         return AutoModelForCausalLM.from_pretrained(
             config.path, local_files_only=True, attn_implementation=attn_implementation
         )
-    hf_config = AutoConfig.for_model(config.model_type, **config.params)
-    return AutoModelForCausalLM.from_config(hf_config, attn_implementation=attn_implementation)
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if config.model_type not in CONFIG_MAPPING:
+        raise Vist2Error(f"llm.model_type {config.model_type!r} is not a model type transformers knows "
+                         "(e.g. qwen3, llama)")
+    try:
+        hf_config = AutoConfig.for_model(config.model_type, **config.params)
+        return AutoModelForCausalLM.from_config(hf_config, attn_implementation=attn_implementation)
+    except (ValueError, KeyError, TypeError) as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+        raise Vist2Error(f"llm (model_type {config.model_type!r}) cannot be built: {reason}") from None
 
 
 @dataclass
@@ -132,13 +141,44 @@ class Vist2Model(nn.Module):
         weights = Path(directory) / WEIGHTS_NAME
         if not weights.is_file():
             raise Vist2Error(f"{directory} has no {WEIGHTS_NAME}")
+        _check_weight_shapes(config, weights)  # before allocating: a wrong config could ask for any size
         model = cls(config).to(dtype)
+        _check_tokenizer(model, directory)
         try:
             load_model(model, str(weights), strict=True, device=str(device))
         except (SafetensorError, RuntimeError, OSError) as error:
             raise Vist2Error(f"cannot load {weights}: it does not match {directory}/{CONFIG_NAME} "
                              f"or is corrupt:\n{error}") from None
         return model.to(device).eval()
+
+
+def _check_weight_shapes(config: Vist2Config, weights: Path) -> None:
+    """The weights file's tensors have the shapes `config` describes (read from its header only)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), "pt") as handle:
+            found = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise Vist2Error(f"cannot read {weights}: {error}") from None
+    with torch.device("meta"):
+        expected = {key: tuple(value.shape) for key, value in Vist2Model(config).state_dict().items()}
+    for key, shape in found.items():
+        if key in expected and expected[key] != shape:
+            raise Vist2Error(f"{weights}: tensor {key} has shape {list(shape)}, but {weights.parent}/{CONFIG_NAME} "
+                             f"describes {list(expected[key])}; the config does not belong to these weights")
+
+
+def _check_tokenizer(model: Vist2Model, directory: str | Path) -> None:
+    """A checkpoint's own tokenizer yields only ids the model has embeddings for."""
+    if not (Path(directory) / "tokenizer_config.json").is_file():
+        return
+    from vist2.tokenizer import load_tokenizer
+
+    size, rows = len(load_tokenizer(str(directory))), model.llm.get_input_embeddings().num_embeddings
+    if size > rows:
+        raise Vist2Error(f"the tokenizer in {directory} has {size} tokens but the model embeds only {rows}; "
+                         "they do not belong together")
 
 
 def read_checkpoint_config(directory: str | Path) -> tuple[Vist2Config, torch.dtype]:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import torch
 
 INK, PAPER = 0, 255
+MAX_PAGE_SIDE = 8192  # pixels; a page is one ViT input
 PLACEHOLDER_EM = 0.6  # width of the placeholder box, as in the Mono face's Latin cell
 
 
@@ -49,6 +50,22 @@ class RenderConfig:
     margin: int = 2
     line_height: int | None = None  # fixed line pitch in pixels; None = 1.2 x font size
     tab_size: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("width", "height", "font_index", "max_font_size", "min_font_size", "margin", "tab_size",
+                     "line_height"):
+            value = getattr(self, name)
+            if value is None and name == "line_height":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise Vist2Error(f"render.{name} must be an integer, got {value!r}")
+            low = 0 if name in ("font_index", "margin", "tab_size") else 1
+            high = MAX_PAGE_SIDE if name in ("width", "height") else None
+            if value < low or (high and value > high):
+                allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+                raise Vist2Error(f"render.{name} must be {allowed}, got {value}")
+        if self.font_path is not None and not isinstance(self.font_path, str):
+            raise Vist2Error(f"render.font_path must be a string, got {self.font_path!r}")
 
 
 @dataclass(frozen=True)

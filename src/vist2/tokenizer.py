@@ -87,7 +87,11 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     if name_or_path == "qwen3":
         return qwen3_tokenizer()
     if os.path.isdir(name_or_path):
-        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+        try:
+            return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+        except Exception as error:  # tokenizers / json raise many types for a damaged file
+            reason = (str(error).splitlines() or [type(error).__name__])[0]
+            raise Vist2Error(f"cannot load the tokenizer in {name_or_path}: {reason}") from None
     raise Vist2Error(f"unknown tokenizer {name_or_path!r}: use 'bytes', 'qwen3' or a local tokenizer folder")
 
 

@@ -165,12 +165,27 @@ class ComponentFlops:
 
 
 def meta_model(config):
-    """A `Vist2Model` of `config` on the meta device: shapes only, no memory, no weights."""
+    """A `Vist2Model` of `config` on the meta device: shapes only, no memory, no weights.
+
+    A part given as a weights folder (`path`, e.g. the smollm2-135m LLM) is described by the
+    folder's config.json instead, since `from_pretrained` cannot load onto the meta device."""
+    from transformers import AutoConfig
+
     from vist2.model import Vist2Model
 
-    weightless = config.replace(**{"llm.path": None, "vision.path": None}) if config.llm.params else config
+    changes = {}
+    for part in ("llm", "vision"):
+        sub = getattr(config, part)
+        if sub.path:
+            params = sub.params
+            if not params:
+                params = AutoConfig.from_pretrained(sub.path, local_files_only=True).to_diff_dict()
+                for key in ("model_type", "transformers_version", "architectures", "_name_or_path", "dtype",
+                            "torch_dtype"):
+                    params.pop(key, None)
+            changes.update({f"{part}.params": params, f"{part}.path": None})
     with torch.device("meta"):
-        return Vist2Model(weightless).eval()
+        return Vist2Model(config.replace(**changes)).eval()
 
 
 def count_llm_step(model, queries: int, cache: int, logits: int) -> int:

@@ -5,9 +5,11 @@
                                         progress.json (step, schedule length, loss history)
     OUTPUT/final/                       the trained model, loadable with Vist2Model.from_pretrained
 
-Every folder is written under a temporary name and renamed when complete, so a run killed
-at any moment leaves only complete checkpoints (and maybe a stale temporary folder, removed
-on the next start). `--resume` continues from the highest complete step.
+Every folder is written under a temporary name (holding a marker file) and renamed when
+complete, so a run killed at any moment leaves only complete checkpoints (and maybe a stale
+temporary folder, removed on the next start: only folders holding the marker, never the
+user's). One run at a time holds OUTPUT/.vist2.lock (an flock, released when the process
+ends, even by a crash). `--resume` continues from the highest complete step that loads.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,8 @@ from vist2.model import read_checkpoint_config
 
 PREFIX = "step-"
 TEMPORARY = ".tmp-"
+MARKER = ".vist2-temporary"  # inside every temporary folder this program creates
+LOCK = ".vist2.lock"
 
 
 def checkpoints_dir(output: str | Path) -> Path:
@@ -37,33 +42,80 @@ def complete_checkpoints(output: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
+def _ours(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and (path / MARKER).is_file()
+
+
 def remove_stale_temporaries(output: str | Path) -> None:
-    folder = checkpoints_dir(output)
-    for path in folder.glob(TEMPORARY + "*") if folder.is_dir() else []:
-        shutil.rmtree(path, ignore_errors=True)
-    for path in Path(output).glob(TEMPORARY + "*") if Path(output).is_dir() else []:
-        shutil.rmtree(path, ignore_errors=True)
+    """Remove temporary folders a killed run left: only those holding this program's marker."""
+    for folder in (checkpoints_dir(output), Path(output)):
+        for path in folder.glob(TEMPORARY + "*") if folder.is_dir() else []:
+            if _ours(path):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def temporary_for(final: Path) -> Path:
+    """The temporary name of `final` while it is written (the same on every process)."""
     return final.with_name(TEMPORARY + final.name)
 
 
+def make_temporary(final: Path) -> Path:
+    """Create the marked temporary folder of `final`; a leftover of ours is replaced, anything else refused."""
+    temporary = temporary_for(final)
+    if temporary.exists() or temporary.is_symlink():
+        if not _ours(temporary):
+            raise Vist2Error(f"{temporary} exists and was not made by vist2; move it away (nothing was removed)")
+        shutil.rmtree(temporary)
+    temporary.mkdir(parents=True)
+    (temporary / MARKER).write_text("written by vist2; removed when complete or on the next start\n")
+    return temporary
+
+
 def publish(temporary: Path, final: Path) -> None:
-    """Atomically make a completely written folder visible under its final name."""
+    """Atomically make a completely written folder visible under its final name.
+
+    An existing `final` is replaced only if this program wrote it (a checkpoint folder or a
+    final/ of this run); the caller checks that before any work."""
     if final.exists():
-        stale = final.with_name(TEMPORARY + "old-" + final.name)
-        shutil.rmtree(stale, ignore_errors=True)
+        stale = temporary.with_name(temporary.name + "-old")
+        (final / MARKER).write_text("")  # marks `stale` as ours, should a crash leave it
         final.replace(stale)
         temporary.replace(final)
         shutil.rmtree(stale, ignore_errors=True)
     else:
         temporary.replace(final)
+    (final / MARKER).unlink()
     fd = os.open(final.parent, os.O_RDONLY)  # make the rename itself durable
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def lock(output: Path):
+    """Hold OUTPUT/.vist2.lock for this process's lifetime, or say which run holds it."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this system: no protection against concurrent runs
+        return None
+    handle = open(output / LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if not isinstance(error, BlockingIOError):  # a file system without flock: say so, run unprotected
+            print(f"warning: cannot lock {output / LOCK} ({error}); do not start a second run on it",
+                  file=sys.stderr)
+            return handle
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise Vist2Error(f"{output} is in use by another run ({holder}); wait for it to end or choose "
+                         "another --output") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def write_progress(folder: Path, progress: dict[str, Any]) -> None:
@@ -75,6 +127,8 @@ def read_progress(checkpoint: Path) -> dict[str, Any]:
 
 
 def prune(output: str | Path, keep: int) -> None:
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
     for old in complete_checkpoints(output)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 

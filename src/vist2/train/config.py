@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,10 @@ class TrainConfig:
     page_tokens: int = 0  # OCR: tokens per page, <= the model's chunk (short pages first); 0 = the chunk
     ocr_replay: float = 0.0  # OLM: fraction of samples shown as OCR instead, so the LLM keeps reading
     progress_bar: bool = True
+    images_outside_data: bool = False  # captioning: allow image paths outside the JSONL's folder
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.stage not in STAGES:
             raise Vist2Error(f"stage must be one of {STAGES}, got {self.stage!r}")
         if not self.data:
@@ -76,8 +79,21 @@ class TrainConfig:
             raise Vist2Error(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         if not 0 <= self.ocr_replay < 1 or (self.ocr_replay and self.stage != "olm"):
             raise Vist2Error(f"ocr_replay must be in [0, 1) and is for the olm stage only, got {self.ocr_replay}")
-        if self.micro_batch_size < 1 or self.save_every < 1 or self.epochs < 1:
-            raise Vist2Error("micro_batch_size, save_every and epochs must be >= 1")
+        for name in ("micro_batch_size", "save_every", "epochs", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise Vist2Error(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_length", "batch_size", "max_steps", "num_workers", "page_tokens"):
+            if getattr(self, name) < 0:
+                raise Vist2Error(f"{name} must be >= 0 (0 = the default), got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "max_minutes", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise Vist2Error(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise Vist2Error(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        if not 0 <= self.seed < 2**32:
+            raise Vist2Error(f"seed must be in [0, 2**32), got {self.seed}")
+        if len(self.curriculum) != 2 or not 0 <= self.curriculum[0] <= self.curriculum[1] <= 1:
+            raise Vist2Error(f"curriculum must be two fractions 0 <= MEDIUM <= HARD <= 1, got {self.curriculum}")
 
     def with_stage_defaults(self) -> TrainConfig:
         """Fill every 0 / () field from the stage's row of `STAGE_DEFAULTS`."""
@@ -87,6 +103,31 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_KINDS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_types(config: TrainConfig) -> None:
+    """Each field has its declared type (config files are JSON), and no float is NaN or infinite."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        optional = f.type.endswith("| None")
+        base = f.type.removesuffix(" | None")
+        if value is None and optional:
+            continue
+        if base.startswith("tuple"):
+            item = (str,) if "str" in base else (int, float)
+            ok = isinstance(value, tuple) and all(isinstance(v, item) and not isinstance(v, bool) for v in value)
+            items = value if ok else ()
+        else:
+            kind = _KINDS[base]
+            ok = isinstance(value, kind) and (base == "bool" or not isinstance(value, bool))
+            items = (value,) if ok else ()
+        if not ok:
+            raise Vist2Error(f"{f.name} must be of type {f.type}, got {value!r}")
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            raise Vist2Error(f"{f.name} must be a finite number, got {value!r}")
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -114,22 +155,57 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return {name: _coerce(name, value) for name, value in data.items()}
 
 
+HELP = {
+    "stage": "captioning, ocr, olm or sft",
+    "data": "files or folders of training data (*.txt, *.jsonl, *.parquet, saved datasets)",
+    "output": "run folder: checkpoints/, tensorboard/, losses.json, loss.png, final/",
+    "preset": "start from a fresh model of this preset (e.g. tiny, vist2-0.6b)",
+    "init": "start from this checkpoint folder (e.g. the previous stage's final/)",
+    "resume": "continue from the last complete checkpoint in OUTPUT/checkpoints",
+    "train_parts": "comma-separated subset of vision,aligner,llm to train (default: the stage's)",
+    "lr": "peak learning rate (default: the stage's, 5e-4 or 1e-5 for sft)",
+    "max_length": "tokens per sample (default: the stage's)",
+    "batch_size": "samples per optimizer step over all processes (default: the stage's)",
+    "micro_batch_size": "samples per forward on one process; the rest is accumulation (default 8)",
+    "weight_decay": "AdamW weight decay (default 1e-4)",
+    "warmup_ratio": "fraction of the steps spent warming up, in [0, 1] (default 0.01)",
+    "schedule": "cosine or constant after warmup (default cosine)",
+    "epochs": "passes over the data (default 1)",
+    "max_steps": "optimizer steps; 0 = epochs over the data (default 0)",
+    "max_minutes": "stop after this many minutes, schedule sized from the first steps (default 0 = off)",
+    "seed": "seed for the model, data order and sampling (default 0)",
+    "num_workers": "DataLoader worker processes; rendering runs in them (default 0)",
+    "mixed_precision": "auto, no, bf16 or fp16 (default auto: bf16 on a GPU that has it)",
+    "gradient_checkpointing": "recompute activations in backward to save memory",
+    "grad_clip": "clip the gradient norm to this; 0 = off (default 1.0)",
+    "save_every": "optimizer steps between checkpoints; one is also written at the end (default 500)",
+    "keep_checkpoints": "complete checkpoints to keep, >= 1 (default 2)",
+    "log_every": "steps between TensorBoard points (default 1)",
+    "on_bad_image": "captioning pairs with a missing or unreadable image: fail or skip (default fail)",
+    "curriculum": "OCR: run fractions where medium and hard samples begin (default 0.33 0.67)",
+    "page_tokens": "OCR: tokens per page, at most the model's chunk (default 0 = the chunk)",
+    "ocr_replay": "OLM: fraction of samples shown as OCR instead, in [0, 1) (default 0)",
+    "progress_bar": "show the tqdm progress bar (default on)",
+    "images_outside_data": "captioning: allow image paths outside the JSONL file's folder (default off)",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per `TrainConfig` field (default None = not given), plus --config."""
     parser.add_argument("--config", help="a JSON file with TrainConfig fields; flags override it")
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flag, help = "--" + f.name.replace("_", "-"), HELP[f.name]
         if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
         elif f.name == "data":
-            parser.add_argument(flag, nargs="+", default=None, help="files or folders of training data")
+            parser.add_argument(flag, nargs="+", default=None, help=help)
         elif f.name == "train_parts":
-            parser.add_argument(flag, default=None, help="comma-separated subset of vision,aligner,llm")
+            parser.add_argument(flag, default=None, help=help)
         elif f.name == "curriculum":
-            parser.add_argument(flag, type=float, nargs=2, default=None, metavar=("MEDIUM", "HARD"))
+            parser.add_argument(flag, type=float, nargs=2, default=None, metavar=("MEDIUM", "HARD"), help=help)
         else:
             kind = {"int": int, "float": float}.get(f.type, str)
-            parser.add_argument(flag, type=kind, default=None)
+            parser.add_argument(flag, type=kind, default=None, help=help)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

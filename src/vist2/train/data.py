@@ -5,6 +5,11 @@ Readers: folders of *.txt, JSONL, Parquet, and `datasets.save_to_disk` folders. 
   captioning               {"image": path relative to the JSONL file, "caption": ...}
   sft                      {"query": ..., "response": ...}  (response may hold <think>...</think>)
 
+Data files are untrusted: an image path must name a regular file inside the data file's
+folder (unless `images_outside_data`), of at most MAX_IMAGE_BYTES. Samples that cannot be
+used (a bad image with on_bad_image="skip", an SFT query longer than max_length) are
+skipped before training, listed in `dataset.skipped` with their file and line, and counted.
+
 Order is deterministic and resumable: `ResumableBatches` walks a seeded permutation per
 epoch and hands rank r its share of every optimizer step, starting at any sample position.
 A key is (record index, images): the OCR curriculum picks images per sample from progress.
@@ -26,6 +31,7 @@ from vist2.errors import Vist2Error
 from vist2.prompt import Prompt, build_prompt, chat_parts, response_positions
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+MAX_IMAGE_BYTES = 256 * 2**20
 
 
 def _is_saved_dataset(path: Path) -> bool:
@@ -61,7 +67,7 @@ def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
                 raise Vist2Error(f"{path}, line {number}: not valid JSON ({error.msg})") from None
             if not isinstance(record, dict):
                 raise Vist2Error(f"{path}, line {number}: expected a JSON object")
-            record["_where"] = f"{path}, line {number}"
+            record["_where"], record["_base"] = f"{path}, line {number}", path.parent
             yield record
 
 
@@ -71,20 +77,21 @@ def read_records(paths: tuple[str, ...]) -> list[dict[str, Any]]:
     for path in data_files(paths):
         try:
             if path.suffix == ".txt":
-                records.append({"text": path.read_text(encoding="utf-8"), "_where": str(path)})
+                records.append({"text": path.read_text(encoding="utf-8"), "_where": str(path), "_base": path.parent})
             elif path.suffix == ".jsonl":
                 records += _jsonl_records(path)
             elif path.suffix == ".parquet":
                 import pyarrow.parquet as pq
 
                 rows = pq.read_table(path).to_pylist()
-                records += [dict(row, _where=f"{path}, row {i}") for i, row in enumerate(rows)]
+                records += [dict(row, _where=f"{path}, row {i}", _base=path.parent) for i, row in enumerate(rows)]
             else:
                 from datasets import DatasetDict, load_from_disk
 
                 saved = load_from_disk(str(path))
                 splits = saved.values() if isinstance(saved, DatasetDict) else [saved]
-                records += [dict(row, _where=f"{path}, row {i}") for split in splits for i, row in enumerate(split)]
+                records += [dict(row, _where=f"{path}, row {i}", _base=path.parent)
+                            for split in splits for i, row in enumerate(split)]
         except (OSError, UnicodeDecodeError) as error:
             raise Vist2Error(f"cannot read {path}: {error}") from None
     if not records:
@@ -151,33 +158,49 @@ class TextStageDataset(torch.utils.data.Dataset):
         return stages.olm(self.tokenizer, ids, self.chunk, self.beta, pad, sees_text=self.sees_text)
 
 
-def _image_ok(path: Path) -> bool:
+def _image_problem(path: Path) -> str | None:
+    """Why `path` is no usable image (None if it is one): regular files only, bounded, fully decodable."""
+    if not path.is_file():  # also refuses FIFOs, devices and folders, which could hang or never end
+        return "is missing or not a regular file"
+    if path.stat().st_size > MAX_IMAGE_BYTES:
+        return f"is larger than {MAX_IMAGE_BYTES >> 20} MiB"
     try:
         with Image.open(path) as image:
-            image.verify()
-        return True
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return False
+            image.load()  # decodes the pixels: a truncated file fails here, not in training
+        return None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return f"is not a readable image ({error})"
+
+
+def image_path(record: dict[str, Any], outside_ok: bool) -> Path:
+    """The record's image, relative to its data file's folder, which it may not leave unless `outside_ok`."""
+    base = Path(record.get("_base", "."))
+    path = base / field(record, "image")
+    if not outside_ok and not path.resolve().is_relative_to(base.resolve()):
+        raise Vist2Error(f"{record['_where']}: image {field(record, 'image')!r} is outside the data folder {base} "
+                         "(pass --images-outside-data to allow it)")
+    return path
 
 
 class CaptionDataset(torch.utils.data.Dataset):
     """(image, caption) pairs; pairs with a missing or unreadable image fail or are skipped."""
 
-    def __init__(self, records: list[dict[str, Any]], tokenizer, beta: int, max_length: int, on_bad_image: str):
+    def __init__(self, records: list[dict[str, Any]], tokenizer, beta: int, max_length: int, on_bad_image: str,
+                 images_outside_data: bool = False):
         self.tokenizer, self.beta, self.max_caption = tokenizer, beta, max(1, max_length - beta)
         self.pairs: list[tuple[Path, str]] = []
         self.skipped: list[str] = []
         for record in records:
             where = record["_where"]
-            base = Path(where.split(",")[0]).parent
-            image = base / field(record, "image")
+            image = image_path(record, images_outside_data)
             caption = field(record, "caption")
-            if _image_ok(image):
+            problem = _image_problem(image)
+            if problem is None:
                 self.pairs.append((image, caption))
             elif on_bad_image == "skip":
-                self.skipped.append(f"{where}: {image}")
+                self.skipped.append(f"{where}: image {image} {problem}")
             else:
-                raise Vist2Error(f"{where}: image {image} is missing or not a readable image "
+                raise Vist2Error(f"{where}: image {image} {problem} "
                                  "(pass --on-bad-image skip to skip such pairs)")
         if not self.pairs:
             raise Vist2Error(f"no usable (image, caption) pairs; {len(self.skipped)} skipped")
@@ -199,41 +222,54 @@ def sft_length(prompt: Prompt, response: int, chunk_tokens: int, beta: int) -> i
 
 
 class ChatDataset(torch.utils.data.Dataset):
-    """SFT chats; a response too long for max_length is cut at the end."""
+    """SFT chats; a response too long for max_length is cut at the end, a chat whose query alone
+    is too long is skipped (listed in `skipped`), an empty response is an error."""
 
     def __init__(self, records: list[dict[str, Any]], tokenizer, chunk_tokens: int, beta: int, max_length: int,
                  fits=None):
         self.tokenizer, self.chunk, self.beta, self.max_length = tokenizer, chunk_tokens, beta, max_length
         self.fits = fits  # the renderer's fit rule: a chunk too long for one page takes more (prompt.chunk_pages)
-        self.chats = [(field(r, "query"), field(r, "response")) for r in records]
         self.end = len(chat_parts(tokenizer)[2])
+        self.chats: list[tuple[list[int], list[int], Prompt]] = []
+        self.skipped: list[str] = []
+        for record in records:
+            query, response = self._encode(field(record, "query")), self._encode(field(record, "response"))
+            if not response:
+                raise Vist2Error(f"{record['_where']}: the response is empty")
+            prompt = build_prompt(tokenizer, query, "gcc", chunk_tokens, beta, fits)
+            if sft_length(prompt, 1 + self.end, chunk_tokens, beta) > max_length:
+                self.skipped.append(f"{record['_where']}: the query alone ({len(query)} tokens) exceeds "
+                                    f"max_length {max_length}")
+            else:
+                self.chats.append((query, response, prompt))
+        if not self.chats:
+            raise Vist2Error(f"no chat fits max_length {max_length}; {len(self.skipped)} skipped "
+                             f"(first: {self.skipped[0] if self.skipped else 'none'})")
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
 
     def __len__(self) -> int:
         return len(self.chats)
 
     def __getitem__(self, key: tuple[int, int]) -> stages.Example:
-        query, response = self.chats[key[0]]
-        encode = lambda s: self.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
-        query_ids, response_ids = encode(query), encode(response)
+        query_ids, response_ids, prompt = self.chats[key[0]]
         keep = len(response_ids)
-        prompt = build_prompt(self.tokenizer, query_ids, "gcc", self.chunk, self.beta, self.fits)
-        while keep > 0 and sft_length(prompt, keep + self.end, self.chunk, self.beta) > self.max_length:
+        while keep > 1 and sft_length(prompt, keep + self.end, self.chunk, self.beta) > self.max_length:
             keep -= 1
-        if keep == 0:
-            raise Vist2Error(f"chat {key[0]}: the query alone exceeds max_length {self.max_length}")
         pad = self.tokenizer.pad_token_id
         return stages.sft(self.tokenizer, query_ids, response_ids[:keep], self.chunk, self.beta, pad, fits=self.fits)
 
 
 def build_dataset(stage: str, paths: tuple[str, ...], tokenizer, chunk_tokens: int, beta: int, max_length: int,
                   on_bad_image: str = "fail", sees_text: bool = True, ocr_replay: float = 0.0,
-                  fits=None) -> torch.utils.data.Dataset:
+                  images_outside_data: bool = False, fits=None) -> torch.utils.data.Dataset:
     records = read_records(paths)
     if stage in ("ocr", "olm"):
         texts = [field(r, "text") for r in records]
         return TextStageDataset(stage, tokenizer, texts, chunk_tokens, beta, max_length, sees_text, ocr_replay)
     if stage == "captioning":
-        return CaptionDataset(records, tokenizer, beta, max_length, on_bad_image)
+        return CaptionDataset(records, tokenizer, beta, max_length, on_bad_image, images_outside_data)
     return ChatDataset(records, tokenizer, chunk_tokens, beta, max_length, fits)
 
 

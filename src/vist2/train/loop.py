@@ -14,6 +14,7 @@ import contextlib
 import functools
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ class TrainResult:
     losses: list[float]  # one per optimizer step, from step 1
     steps: int
     seconds: float
-    skipped: int  # captioning pairs skipped for a bad image
+    skipped: list[str]  # samples skipped (a bad captioning image, an SFT query over max_length), with file:line
     model: Vist2Model  # the trained model (unwrapped, on this process's device)
     tokenizer: object
 
@@ -56,8 +57,28 @@ def learning_rate(config: TrainConfig, step: int, total: int) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _load_model(config: TrainConfig, model_config: Vist2Config | None) -> tuple[Vist2Model, dict | None]:
-    """The starting model: the last checkpoint (--resume), --init, or a fresh preset."""
+def _usable_checkpoint(config: TrainConfig) -> tuple[Path, Vist2Model] | None:
+    """The newest complete checkpoint that loads, and its model; damaged newer ones are reported and passed over."""
+    for checkpoint in reversed(ckpt.complete_checkpoints(config.output)):
+        try:
+            progress = ckpt.read_progress(checkpoint)
+            if not (checkpoint / "state").is_dir():
+                raise Vist2Error("no state/ folder")
+            model = Vist2Model.from_pretrained(checkpoint / "model")
+        except (Vist2Error, OSError, ValueError, KeyError) as error:
+            print(f"warning: checkpoint {checkpoint} is damaged ({error}); trying the one before", file=sys.stderr)
+            continue
+        if progress.get("stage", config.stage) != config.stage:
+            raise Vist2Error(f"cannot resume: {checkpoint} is from stage {progress['stage']!r}, this run is "
+                             f"{config.stage!r}; use --init {checkpoint / 'model'} to start a new stage from it")
+        return checkpoint, model
+    if ckpt.complete_checkpoints(config.output):
+        raise Vist2Error(f"cannot resume: no checkpoint in {ckpt.checkpoints_dir(config.output)} is readable")
+    return None
+
+
+def _load_model(config: TrainConfig, model_config: Vist2Config | None) -> tuple[Vist2Model, dict | None, Path | None]:
+    """The starting model: the last usable checkpoint (--resume), --init, or a fresh preset."""
     last = ckpt.complete_checkpoints(config.output)
     if config.init:
         init_config, _ = read_checkpoint_config(config.init)
@@ -67,21 +88,32 @@ def _load_model(config: TrainConfig, model_config: Vist2Config | None) -> tuple[
     if last and not config.resume:
         raise Vist2Error(f"{config.output} already holds checkpoints; pass --resume to continue "
                          "or choose another --output (nothing was overwritten)")
-    if config.resume and last:
-        model_dir = last[-1] / "model"
-        found, _ = read_checkpoint_config(model_dir)
+    final = Path(config.output) / "final"
+    if (final.exists() or final.is_symlink()) and not last:
+        raise Vist2Error(f"{final} already holds a finished model and there is no checkpoint to resume; "
+                         "choose another --output or move it away (nothing was overwritten)")
+    usable = _usable_checkpoint(config) if config.resume else None
+    if usable is not None:
+        checkpoint, model = usable
+        model_dir = checkpoint / "model"
+        found = model.config
         expected = config.preset or (model_config.preset if model_config else None)
         if expected and found.preset != expected:
-            raise Vist2Error(f"cannot resume: {last[-1]} holds a model of preset {found.preset!r}, "
+            raise Vist2Error(f"cannot resume: {checkpoint} holds a model of preset {found.preset!r}, "
                              f"this run asks for {expected!r}")
         if config.init:
             ckpt.check_same_model(ckpt.model_identity(config.init), model_dir, "cannot resume: checkpoint")
-        return Vist2Model.from_pretrained(model_dir).train(), ckpt.read_progress(last[-1])
+        if checkpoint != last[-1]:
+            print(f"resuming from {checkpoint}, the newest checkpoint that reads back", file=sys.stderr)
+        return model.train(), ckpt.read_progress(checkpoint), checkpoint
+    if config.resume:
+        print(f"--resume: no checkpoint in {ckpt.checkpoints_dir(config.output)}; starting from the beginning",
+              file=sys.stderr)
     if config.init:
-        return Vist2Model.from_pretrained(config.init).train(), None
+        return Vist2Model.from_pretrained(config.init).train(), None, None
     if not config.preset and model_config is None:
         raise Vist2Error("nothing to start from: give --preset NAME or --init CHECKPOINT")
-    return Vist2Model(model_config or preset(config.preset)).train(), None
+    return Vist2Model(model_config or preset(config.preset)).train(), None, None
 
 
 def _freeze(model: Vist2Model, parts: tuple[str, ...]) -> list[torch.nn.Parameter]:
@@ -116,7 +148,7 @@ def _save(accelerator, model, tokenizer, output: Path, step: int, progress: dict
     final = ckpt.checkpoints_dir(output) / f"{ckpt.PREFIX}{step:08d}"
     temporary = ckpt.temporary_for(final)
     if accelerator.is_main_process:
-        temporary.mkdir(parents=True, exist_ok=True)
+        ckpt.make_temporary(final)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary / "state"))
     _save_model(accelerator, model, tokenizer, temporary / "model")
@@ -154,18 +186,31 @@ def train(config: TrainConfig, model_config: Vist2Config | None = None) -> Train
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     accelerator.register_save_state_pre_hook(lambda models, weights, directory: weights.clear())
     accelerator.register_load_state_pre_hook(lambda models, directory: models.clear())
-    world, rank = accelerator.num_processes, accelerator.process_index
+    world = accelerator.num_processes
     if config.batch_size % (config.micro_batch_size * world):
         raise Vist2Error(f"batch_size {config.batch_size} is not a multiple of micro_batch_size "
                          f"{config.micro_batch_size} x {world} processes")
-    accumulation = config.batch_size // (config.micro_batch_size * world)
     set_seed(config.seed)
+    held = None
     if accelerator.is_main_process:
-        output.mkdir(parents=True, exist_ok=True)
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise Vist2Error(f"cannot create --output {output}: {error}") from None
+        held = ckpt.lock(output)  # before anything in the folder is touched
         ckpt.remove_stale_temporaries(output)
     accelerator.wait_for_everyone()
+    try:
+        return _train(config, model_config, accelerator, output)
+    finally:
+        if held is not None:
+            held.close()
 
-    model, progress = _load_model(config, model_config)
+
+def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, output: Path) -> TrainResult:
+    world, rank = accelerator.num_processes, accelerator.process_index
+    accumulation = config.batch_size // (config.micro_batch_size * world)
+    model, progress, resumed = _load_model(config, model_config)
     tokenizer = load_tokenizer(model.config.tokenizer)
     parts = config.train_parts or PARTS
     trainable = _freeze(model, parts)
@@ -178,7 +223,8 @@ def train(config: TrainConfig, model_config: Vist2Config | None = None) -> Train
         raise Vist2Error(f"page_tokens must be at most the chunk ({chunk_tokens}) and is for the ocr stage only")
     dataset = build_dataset(config.stage, config.data, tokenizer, config.page_tokens or chunk_tokens,
                             model.config.visual_tokens, config.max_length, config.on_bad_image,
-                            model.config.chunk.visual_sees_text, config.ocr_replay, Renderer(model.config.render).fits)
+                            model.config.chunk.visual_sees_text, config.ocr_replay, config.images_outside_data,
+                            Renderer(model.config.render).fits)
     per_epoch = len(dataset) // config.batch_size
     total = config.max_steps or config.epochs * per_epoch
     if total < 1:
@@ -201,7 +247,7 @@ def train(config: TrainConfig, model_config: Vist2Config | None = None) -> Train
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     if progress:
-        accelerator.load_state(str(ckpt.complete_checkpoints(output)[-1] / "state"))
+        accelerator.load_state(str(resumed / "state"))
     writer = None
     if accelerator.is_main_process:
         from torch.utils.tensorboard import SummaryWriter
@@ -255,13 +301,16 @@ def train(config: TrainConfig, model_config: Vist2Config | None = None) -> Train
         out_of_time = config.max_minutes and time.perf_counter() - began > config.max_minutes * 60
         done = step >= min(total, schedule_steps) or out_of_time
         if step % config.save_every == 0 or done:
-            state = {"step": step, "schedule_steps": schedule_steps, "losses": losses}
+            state = {"step": step, "schedule_steps": schedule_steps, "losses": losses, "stage": config.stage}
             _save(accelerator, model, tokenizer, output, step, state, config.keep_checkpoints)
     bar.close()
     seconds = time.perf_counter() - began
 
     final = output / "final"
     temporary = ckpt.temporary_for(final)
+    if accelerator.is_main_process:
+        ckpt.make_temporary(final)
+    accelerator.wait_for_everyone()
     _save_model(accelerator, model, tokenizer, temporary)
     if accelerator.is_main_process:
         ckpt.publish(temporary, final)
@@ -270,5 +319,5 @@ def train(config: TrainConfig, model_config: Vist2Config | None = None) -> Train
             _plot(losses, output / "loss.png", f"VIST2 {config.stage} stage")
         writer.close()
     accelerator.wait_for_everyone()
-    skipped = len(getattr(dataset, "skipped", []))
+    skipped = list(getattr(dataset, "skipped", []))
     return TrainResult(final, losses, step, seconds, skipped, accelerator.unwrap_model(model), tokenizer)
