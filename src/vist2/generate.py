@@ -17,6 +17,7 @@ text in pieces of K tokens, query pages rendered and encoded PAGE_BATCH at a tim
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field
@@ -51,6 +52,8 @@ class GenerationConfig:
             raise Vist2Error(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise Vist2Error(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if not all(math.isfinite(v) for v in (self.temperature, self.top_p, self.repetition_penalty)):
+            raise Vist2Error("temperature, top_p and repetition_penalty must be finite numbers")
         if self.temperature < 0 or self.top_k < 0 or self.no_repeat_ngram_size < 0:
             raise Vist2Error("temperature, top_k and no_repeat_ngram_size must be >= 0")
         if not 0 < self.top_p <= 1:
