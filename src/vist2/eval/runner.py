@@ -43,7 +43,7 @@ def run(args, module) -> list[Row]:
         if not samples:
             raise Vist2Error(f"{module.NAME}: no samples to evaluate")
         records = evaluate(model, tokenizer, samples, modes, module.score, args)
-        rows = summarize(module.NAME, records, model.config.chunk.chunk_tokens, model.config.visual_tokens)
+        rows = summarize(module.NAME, records, model.config.ratio)
     write_outputs(Path(args.out), args, module, rows, records, time.perf_counter() - start)
     print(table(rows))
     print(f"wrote {', '.join(OUTPUTS)} to {args.out}")
@@ -117,8 +117,8 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
     return records
 
 
-def summarize(benchmark: str, records: list[dict], chunk_tokens: int, beta: int) -> list[Row]:
-    """One row per (task, length, mode): mean scores and generation stats."""
+def summarize(benchmark: str, records: list[dict], ratio: float) -> list[Row]:
+    """One row per (task, length, mode): mean scores and generation stats; ratio K/beta outside text."""
     groups = defaultdict(list)
     for record in records:
         groups[(record["task"], record["length"], record["mode"])].append(record)
@@ -130,7 +130,7 @@ def summarize(benchmark: str, records: list[dict], chunk_tokens: int, beta: int)
         metrics = {name: _mean([r["scores"][name] for r in group]) for name in group[0]["scores"]}
         stats = {name: _mean([r["stats"][name] for r in group])
                  for name in ("kv_tokens_peak", "kv_tokens_full_text", "time_to_first_token_s")}
-        rows.append(Row(benchmark, task, length, mode, None if mode == "text" else chunk_tokens / beta,
+        rows.append(Row(benchmark, task, length, mode, None if mode == "text" else ratio,
                         metrics.pop("score"), len(group), stats["kv_tokens_peak"], stats["kv_tokens_full_text"],
                         stats["time_to_first_token_s"], metrics))
     return rows
