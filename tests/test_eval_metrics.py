@@ -73,7 +73,7 @@ def _score(path, task, e=False):
 @pytest.mark.parametrize("task", sorted(CASES))
 def test_score_command_equals_official_eval(task, tmp_path, capsys):
     _write(tmp_path / f"{task}.jsonl", CASES[task])
-    assert score.run(_score(tmp_path / f"{task}.jsonl", task)) == 0
+    assert score.main(_score(tmp_path / f"{task}.jsonl", task)) == 0
     assert json.loads(capsys.readouterr().out) == {"score": OFFICIAL[task]}
 
 
@@ -82,10 +82,10 @@ def test_score_command_longbench_e_buckets_equal_official(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     score.add_arguments(parser)
     argv = ["--benchmark", "longbench", "--task", "qasper", "--predictions", str(tmp_path / "qasper.jsonl"), "--e"]
-    assert score.run(parser.parse_args(argv)) == 0
+    assert score.main(parser.parse_args(argv)) == 0
     assert json.loads(capsys.readouterr().out) == {"score": OFFICIAL_E}
     _write(tmp_path / "short.jsonl", [r[:2] for r in E_CASES[:2]], lengths=[10, 20])
-    assert score.run(_score(tmp_path / "short.jsonl", "qasper", e=True)) == 0
+    assert score.main(_score(tmp_path / "short.jsonl", "qasper", e=True)) == 0
     # by hand: "yes" = 1, "no it is not" vs "no" = F1(P=1/4, R=1) = 0.4; empty buckets print null
     assert json.loads(capsys.readouterr().out) == {"score": {"0-4k": 70.0, "4-8k": None, "8k+": None}}
 
@@ -94,20 +94,20 @@ def test_score_command_rejects_bad_files(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"pred": "x", "answers": ["x"], "all_classes": null}\n{"pred": oops}\n')
     with pytest.raises(Vist2Error, match=r"bad.jsonl, line 2: not valid JSON"):
-        score.run(_score(bad, "hotpotqa"))
+        score.main(_score(bad, "hotpotqa"))
     bad.write_text('{"pred": "x", "answers": ["x"], "all_classes": null}\n')
     with pytest.raises(Vist2Error, match=r"line 1: missing field 'length'"):
-        score.run(_score(bad, "qasper", e=True))
+        score.main(_score(bad, "qasper", e=True))
     bad.write_text('{"pred": "x", "answers": ["x"], "all_classes": null, "length": NaN}\n')
     with pytest.raises(Vist2Error, match=r"line 1: not valid JSON \(NaN is not allowed\)"):
-        score.run(_score(bad, "qasper", e=True))
+        score.main(_score(bad, "qasper", e=True))
     bad.write_text('{"pred": 3, "answers": ["x"], "all_classes": null}\n')
     with pytest.raises(Vist2Error, match=r"line 1: field 'pred' must be a string"):
-        score.run(_score(bad, "hotpotqa"))
+        score.main(_score(bad, "hotpotqa"))
     with pytest.raises(Vist2Error, match=r"--task 'nq'"):
-        score.run(_score(bad, "nq"))
+        score.main(_score(bad, "nq"))
     with pytest.raises(Vist2Error, match=r"no such file"):
-        score.run(_score(tmp_path / "missing.jsonl", "hotpotqa"))
+        score.main(_score(tmp_path / "missing.jsonl", "hotpotqa"))
 
 
 def test_english_qa_f1_by_hand():

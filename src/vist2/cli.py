@@ -13,6 +13,7 @@ import traceback
 
 from vist2.errors import Vist2Error
 from vist2.inputs import SEED, THREADS, check_device, integer, positive_number, read_text, utf8_text, writable_file
+from vist2.eval.command import add_eval
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_quickstart(commands)
     _add_layout(commands)
     _add_bench(commands)
+    add_eval(commands)
     for sub in commands.choices.values():
         sub.add_argument("--debug", action="store_true",
                          help="print the traceback of any error (also: environment VIST2_DEBUG=1)")
@@ -184,7 +186,8 @@ def _train(args) -> int:
     return 0
 
 
-def _add_model_source(parser) -> None:
+def add_model_source(parser) -> None:
+    """--model | --preset, --seed, --device (shared by generate, verify and eval)."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a vist2 checkpoint folder")
     source.add_argument("--preset", help="a preset with random weights (seeded), e.g. tiny, smollm2-135m")
@@ -192,14 +195,10 @@ def _add_model_source(parser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
 
 
-def _add_generate(commands) -> None:
-    parser = commands.add_parser("generate", help="generate a response in gcc, pcc or text mode")
-    _add_model_source(parser)
-    prompt = parser.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", type=utf8_text, help="the user query")
-    prompt.add_argument("--prompt-file", help="read the user query from this UTF-8 file")
-    parser.add_argument("--mode", default="gcc", help="gcc (VIST2), pcc (query compressed) or text (default gcc)")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate (default 256)")
+def add_generation_options(parser, max_new_tokens: int | None = 256) -> None:
+    """Sampling flags shared by generate and eval (eval's --max-new-tokens defaults to each task's)."""
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                        help=f"most tokens to generate (default {max_new_tokens or 'per task'})")
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
     parser.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest tokens; 0 = off (default)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1)")
@@ -209,6 +208,28 @@ def _add_generate(commands) -> None:
                         help="never repeat an n-gram of this size; 0 = off (default)")
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence tokens")
+
+
+def generation_config(args, mode: str, max_new_tokens: int):
+    """The GenerationConfig the flags of `add_generation_options` describe (validated there)."""
+    from vist2.generate import GenerationConfig
+
+    return GenerationConfig(
+        mode=mode, max_new_tokens=max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size, stop_strings=tuple(args.stop),
+        ignore_eos=args.ignore_eos, seed=args.seed,
+    )
+
+
+def _add_generate(commands) -> None:
+    parser = commands.add_parser("generate", help="generate a response in gcc, pcc or text mode")
+    add_model_source(parser)
+    prompt = parser.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", type=utf8_text, help="the user query")
+    prompt.add_argument("--prompt-file", help="read the user query from this UTF-8 file")
+    parser.add_argument("--mode", default="gcc", help="gcc (VIST2), pcc (query compressed) or text (default gcc)")
+    add_generation_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object: text, mode, stats")
     parser.set_defaults(run=_generate)
 
@@ -216,15 +237,10 @@ def _add_generate(commands) -> None:
 def _generate(args) -> int:
     import json
 
-    from vist2.generate import GenerationConfig, generate, load_model, stream
+    from vist2.generate import generate, load_model, stream
 
     prompt = args.prompt if args.prompt_file is None else read_text(args.prompt_file, "--prompt-file")
-    config = GenerationConfig(
-        mode=args.mode, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-        no_repeat_ngram_size=args.no_repeat_ngram_size, stop_strings=tuple(args.stop),
-        ignore_eos=args.ignore_eos, seed=args.seed,
-    )
+    config = generation_config(args, args.mode, args.max_new_tokens)
     if not prompt.strip():
         raise Vist2Error("the prompt is empty")
     check_device(args.device)
@@ -241,7 +257,7 @@ def _generate(args) -> int:
 
 def _add_verify(commands) -> None:
     parser = commands.add_parser("verify", help="check incremental gcc/pcc/text decoding against the masked forward")
-    _add_model_source(parser)
+    add_model_source(parser)
     parser.add_argument("--tolerance", type=float, help="largest allowed |logit difference| (default: 1e-4 in fp32)")
     parser.add_argument("--chunk-tokens", type=int, help="check with this K instead of the model's (shorter runs)")
     parser.set_defaults(run=_verify)

@@ -20,12 +20,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
 
 from vist2.errors import Vist2Error
 from vist2.eval.sample import Row
-from vist2.render import Renderer, TextDoesNotFit
-from vist2.train.evaluate import levenshtein, ocr_bits_per_char, ocr_transcribe, rouge_l
+
+if TYPE_CHECKING:  # torch and the renderer load only when a run starts: `vist2 --help` stays instant
+    import torch
+
+    from vist2.render import Renderer
 
 NAME = "ocr"
 SUFFIXES = (".txt", ".jsonl")
@@ -103,6 +106,8 @@ def held_out_chunks(tokenizer, documents: list[str], chunk_tokens: int, count: i
 
 
 def _read(model, tokenizer, chunks: list[list[int]], pages: torch.Tensor) -> list[str]:
+    from vist2.train.evaluate import ocr_transcribe
+
     read = ocr_transcribe(model, pages, max(len(chunk) for chunk in chunks))
     return [tokenizer.decode(ids[: len(chunk)]) for ids, chunk in zip(read, chunks)]
 
@@ -110,6 +115,11 @@ def _read(model, tokenizer, chunks: list[list[int]], pages: torch.Tensor) -> lis
 def evaluate(model, tokenizer, chunks: list[list[int]], renderer: Renderer, task: str) -> tuple[Row, list[dict]]:
     """Greedy reading of each chunk's page and of a blank page, and teacher-forced bits/char of
     both: one row and one prediction record per chunk. Chunks that fit no page are skipped."""
+    import torch
+
+    from vist2.render import TextDoesNotFit
+    from vist2.train.evaluate import levenshtein, ocr_bits_per_char, rouge_l
+
     texts, kept = [], []
     for chunk in chunks:
         text = tokenizer.decode(chunk)
@@ -161,6 +171,8 @@ def run(args, model, tokenizer) -> tuple[list[Row], list[dict]]:
         if not chunks:
             raise Vist2Error(f"--data: {name} holds no text of {size} tokens or more (one chunk)")
         sources[task] = chunks
+    from vist2.render import Renderer
+
     renderer = Renderer(model.config.render)
     rows, records = [], []
     for task, chunks in sources.items():

@@ -21,6 +21,7 @@ from vist2.errors import Vist2Error
 from vist2.eval import jsonl_files
 from vist2.eval.metrics import DATASET_METRIC, subset_score, subset_score_e
 
+NAME = "score"
 BENCHMARKS = ("longbench",)
 
 
@@ -60,7 +61,7 @@ def read_predictions(path: Path, need_length: bool) -> tuple[list[str], list[lis
     return predictions, answers, lengths, all_classes
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     task = args.task
     if task not in DATASET_METRIC:
         raise Vist2Error(f"--task {task!r}: LongBench has {', '.join(DATASET_METRIC)}")

@@ -1,0 +1,61 @@
+"""`vist2 eval BENCHMARK`: one subcommand per benchmark module, all sharing the runner's flags.
+
+A benchmark module (see `vist2.eval.runner`) is registered by adding its name to BENCHMARKS;
+its `add_arguments(parser)` adds its own flags. Modules must import nothing heavy at the top,
+since they are imported whenever `vist2` builds its parser. A module with `main(args) -> int`
+(e.g. one that scores a file) gets a plain subcommand without the runner's flags.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+BENCHMARKS = [
+    "vist2.eval.ruler",
+    "vist2.eval.longbench",
+    "vist2.eval.loogle",
+    "vist2.eval.gsm8k",
+    "vist2.eval.ocr",
+    "vist2.eval.score",
+]
+
+
+def add_eval(commands) -> None:
+    parser = commands.add_parser("eval", help="score a model on a benchmark in text, pcc and gcc modes",
+                                 description="Generate every sample of a benchmark in each mode and score it; "
+                                             "writes results.json, predictions.jsonl and a plot.")
+    benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name in BENCHMARKS:
+        module = importlib.import_module(name)
+        doc = (module.__doc__ or module.NAME).strip().splitlines()[0]
+        sub = benchmarks.add_parser(module.NAME, help=doc, description=module.__doc__)
+        if hasattr(module, "main"):
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.main)
+            continue
+        add_common_arguments(sub, module.NAME)
+        module.add_arguments(sub)
+        sub.set_defaults(run=lambda args, module=module: _run(args, module))
+
+
+def add_common_arguments(parser, name: str) -> None:
+    from vist2.cli import add_generation_options, add_model_source
+
+    add_model_source(parser)
+    parser.add_argument("--modes", default="text,pcc,gcc", help="comma-separated modes (default text,pcc,gcc)")
+    parser.add_argument("--samples", type=int, default=10, help="samples per task and length (default 10)")
+    parser.add_argument("--out", default=f"vist2-eval-{name}",
+                        help=f"output folder; only our own files are written there (default ./vist2-eval-{name})")
+    parser.add_argument("--overwrite", action="store_true", help="replace results of an earlier run in --out")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="prompts generated together (default 1; time to first token then covers the batch)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
+    add_generation_options(parser, max_new_tokens=None)
+
+
+def _run(args, module) -> int:
+    from vist2.eval.runner import run
+
+    run(args, module)
+    return 0

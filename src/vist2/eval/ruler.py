@@ -1,0 +1,144 @@
+"""RULER (Hsieh et al., 2024) from NVIDIA's own code: `pip install --no-deps nvidia-long-context-eval==26.3`.
+
+Nothing of RULER is re-implemented here. For each task and length, its generator script
+(`long_context_eval/data/synthetic/<task>.py`, with the arguments its `synthetic.yaml` gives the
+task) runs as a subprocess into a temporary folder, counting tokens with our tokenizer (saved
+there as a Hugging Face folder). Predictions are scored with the package's per-sample metric
+for the task (`string_match_all` or `string_match_part`, 0-100).
+
+The prompt is built as RULER's `prepare.py` builds it for its "base" model template: the task
+template followed by the task's answer prefix, all of it the user message of our chat prompt
+(our generation cannot prefill the assistant turn). NLTK's punkt sentence model comes from the
+punkt_tab files that `llama-index-core` ships (`pip install --no-deps llama-index-core==0.14.25`;
+never imported), so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from vist2.errors import Vist2Error
+from vist2.eval.sample import EvalSample
+
+NAME = "ruler"
+PACKAGES = ("nvidia-long-context-eval", "wonderwords", "nltk", "llama-index-core")
+TASKS = ("niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
+         "niah_multikey_3", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "qa_1", "qa_2")
+GENERATOR_TIMEOUT_S = 600
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated RULER tasks (default all 13)")
+    parser.add_argument("--lengths", default="1024,2048,4096",
+                        help="comma-separated total lengths in tokens, prompt + answer (default 1024,2048,4096)")
+    parser.add_argument("--data-seed", type=int, default=42, help="RULER's random seed for the samples (default 42)")
+
+
+def check_arguments(args) -> None:
+    args.task_list = _names(args.tasks)
+    unknown = [t for t in args.task_list if t not in TASKS]
+    if unknown or not args.task_list:
+        raise Vist2Error(f"--tasks: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(TASKS)}")
+    try:
+        args.length_list = [int(n) for n in _names(args.lengths)]
+    except ValueError:
+        raise Vist2Error(f"--lengths must be comma-separated integers, got {args.lengths!r}") from None
+    if not args.length_list or min(args.length_list) < 256:
+        raise Vist2Error(f"--lengths must be integers >= 256, got {args.lengths!r}")
+
+
+def load_samples(args, tokenizer) -> list[EvalSample]:
+    check_arguments(args)
+    package = _package()
+    configs, templates = _task_configs(package)
+    samples = []
+    with tempfile.TemporaryDirectory(prefix="vist2-ruler-") as folder:
+        tokenizer_dir = Path(folder) / "tokenizer"
+        tokenizer.save_pretrained(tokenizer_dir)
+        for task in args.task_list:
+            kind = configs[task]["task"]
+            template = templates[kind]["template"] + templates[kind].get("answer_prefix", "")
+            tokens = templates[kind]["tokens_to_generate"]
+            for length in args.length_list:
+                lines = _generate(package, Path(folder), tokenizer_dir, task, configs[task], template, tokens,
+                                  length, args.samples, args.data_seed)
+                samples += [EvalSample(id=f"{task}-{length}-{line['index']}", task=task, query=line["input"],
+                                       references=tuple(line["outputs"]), max_new_tokens=tokens, length=length,
+                                       extra={"ruler_tokens": line["length"], "ruler_task": kind})
+                            for line in lines]
+    return samples
+
+
+def score(sample: EvalSample, prediction: str) -> dict[str, float]:
+    from long_context_eval.eval.synthetic.constants import TASKS as METRICS
+
+    metric = METRICS[sample.extra["ruler_task"]]["metric_fn_per_sample"]
+    cleaned = "".join("\n" if ord(c) < 32 else c for c in prediction.strip()).strip()  # as RULER's evaluate.py
+    return {"score": float(metric([cleaned], [list(sample.references)])[0])}
+
+
+def punkt_folder() -> Path:
+    """NLTK data folder holding tokenizers/punkt_tab, from the llama-index-core wheel's files."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        folder = Path(distribution("llama-index-core").locate_file("llama_index/core/_static/nltk_cache"))
+    except PackageNotFoundError:
+        folder = None
+    if folder is None or not (folder / "tokenizers" / "punkt_tab" / "english").is_dir():
+        raise Vist2Error("RULER needs NLTK's punkt_tab: pip install --no-deps llama-index-core==0.14.25")
+    return folder
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _package() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("long_context_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise Vist2Error("RULER needs: pip install --no-deps nvidia-long-context-eval==26.3 (and wonderwords)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _task_configs(package: Path) -> tuple[dict, dict]:
+    """RULER's task table (synthetic.yaml) and its templates and answer lengths per task kind."""
+    import yaml
+
+    from long_context_eval.data.synthetic.constants import TASKS as TEMPLATES
+
+    with open(package / "synthetic.yaml", encoding="utf-8") as handle:
+        return yaml.safe_load(handle), TEMPLATES
+
+
+def _generate(package: Path, folder: Path, tokenizer_dir: Path, task: str, config: dict, template: str,
+              tokens: int, length: int, samples: int, seed: int) -> list[dict]:
+    """Run RULER's generator script for one task and length; its JSONL lines."""
+    script = package / "data" / "synthetic" / f"{config['task']}.py"
+    command = [sys.executable, str(script), "--save_dir", str(folder / "data"), "--save_name", f"{task}-{length}",
+               "--tokenizer_path", str(tokenizer_dir), "--tokenizer_type", "hf", "--max_seq_length", str(length),
+               "--tokens_to_generate", str(tokens), "--num_samples", str(samples), "--random_seed", str(seed),
+               "--template", template]
+    for key, value in config["args"].items():
+        command += [f"--{key}", str(value)]
+    env = dict(os.environ, NLTK_DATA=str(punkt_folder()), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    try:
+        done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True,
+                              timeout=GENERATOR_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise Vist2Error(f"RULER's {task} generator did not finish in {GENERATOR_TIMEOUT_S} s at length {length} "
+                         "(it loops when even its smallest context exceeds the length; try a larger --lengths)") from None
+    output = folder / "data" / f"{task}-{length}" / "validation.jsonl"
+    if done.returncode != 0 or not output.is_file():
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise Vist2Error(f"RULER's {task} generator failed at length {length}: {tail[0]}")
+    with open(output, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]

@@ -1,0 +1,216 @@
+"""The generic benchmark runner: every sample in every mode, scored, as tidy rows.
+
+A benchmark module exposes NAME, add_arguments(parser), load_samples(args, tokenizer) and
+score(sample, prediction) (or run(args, model, tokenizer) -> (rows, records)); optionally
+check_arguments(args), called before anything is loaded, and PACKAGES, versions to record.
+The runner writes into --out only the three files it owns (results.json, predictions.jsonl,
+results.png) and refuses to replace them unless --overwrite; other files there are untouched.
+
+    vist2 eval ruler --preset tiny --tasks vt --lengths 1024 --samples 2 --out /tmp/ruler
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from vist2.errors import Vist2Error
+from vist2.eval.sample import EvalSample, Row
+
+OUTPUTS = ("results.json", "predictions.jsonl", "results.png")
+MODE_ORDER = ("text", "pcc", "gcc")
+
+
+def run(args, module) -> list[Row]:
+    """Check every flag, load the model, evaluate, write the outputs and print the table."""
+    modes = check_arguments(args, module)
+    import torch
+
+    from vist2.generate import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.model, args.preset, args.seed, args.device)
+    start = time.perf_counter()
+    if hasattr(module, "run"):
+        rows, records = module.run(args, model, tokenizer)
+    else:
+        samples = module.load_samples(args, tokenizer)
+        if not samples:
+            raise Vist2Error(f"{module.NAME}: no samples to evaluate")
+        records = evaluate(model, tokenizer, samples, modes, module.score, args)
+        rows = summarize(module.NAME, records, model.config.ratio)
+    write_outputs(Path(args.out), args, module, rows, records, time.perf_counter() - start)
+    print(table(rows))
+    print(f"wrote {', '.join(OUTPUTS)} to {args.out}")
+    return rows
+
+
+def check_arguments(args, module) -> list[str]:
+    """Every common flag, the benchmark's own (check_arguments) and the output folder; the modes."""
+    from vist2.cli import generation_config
+    from vist2.generate import MODES
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes or len(set(modes)) != len(modes):
+        raise Vist2Error(f"--modes must be distinct names from {', '.join(MODES)}, got {args.modes!r}")
+    for flag in ("samples", "batch_size", "threads", "max_new_tokens"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise Vist2Error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    for flag in ("temperature", "top_p", "repetition_penalty"):
+        if not math.isfinite(getattr(args, flag)):
+            raise Vist2Error(f"--{flag.replace('_', '-')} must be a finite number, got {getattr(args, flag)}")
+    for mode in modes:
+        generation_config(args, mode, args.max_new_tokens or 1)  # raises on bad sampling flags
+    if hasattr(module, "check_arguments"):
+        module.check_arguments(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise Vist2Error(f"--out {out} exists and is not a folder")
+    present = [name for name in OUTPUTS if (out / name).exists()]
+    if present and not args.overwrite:
+        raise Vist2Error(f"--out {out} already holds {', '.join(present)}; pass --overwrite to replace them "
+                         "or choose another folder")
+    return sorted(modes, key=MODE_ORDER.index)
+
+
+def batches(samples: list[EvalSample], size: int, tokenizer) -> list[list[EvalSample]]:
+    """Batches of similar prompt length and equal max_new_tokens (one GenerationConfig each)."""
+    lengths = {s.id: len(tokenizer.encode(s.query, add_special_tokens=False)) for s in samples}
+    ordered = sorted(samples, key=lambda s: (s.max_new_tokens, lengths[s.id]))
+    groups = []
+    for sample in ordered:
+        if groups and len(groups[-1]) < size and groups[-1][0].max_new_tokens == sample.max_new_tokens:
+            groups[-1].append(sample)
+        else:
+            groups.append([sample])
+    return groups
+
+
+def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], score, args) -> list[dict]:
+    """Generate and score every sample in every mode: one prediction record each."""
+    from tqdm import tqdm
+
+    from vist2.cli import generation_config
+    from vist2.generate import generate
+
+    groups = batches(samples, args.batch_size, tokenizer)
+    records = []
+    with tqdm(total=len(samples) * len(modes), desc="eval", unit="sample", disable=not args.progress_bar) as bar:
+        for mode in modes:
+            for group in groups:
+                config = generation_config(args, mode, args.max_new_tokens or group[0].max_new_tokens)
+                results = generate(model, tokenizer, [s.query for s in group], config)
+                for sample, result in zip(group, results):
+                    records.append({
+                        "id": sample.id, "task": sample.task, "length": sample.length, "mode": mode,
+                        "prediction": result.text, "references": list(sample.references),
+                        "scores": score(sample, result.text), "stats": result.stats.as_dict(),
+                    })
+                bar.update(len(group))
+    return records
+
+
+def summarize(benchmark: str, records: list[dict], ratio: float) -> list[Row]:
+    """One row per (task, length, mode): mean scores and generation stats; ratio K/beta outside text."""
+    groups = defaultdict(list)
+    for record in records:
+        groups[(record["task"], record["length"], record["mode"])].append(record)
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    keys = sorted(groups, key=lambda k: (tasks.index(k[0]), k[1] is not None, k[1] or 0, MODE_ORDER.index(k[2])))
+    rows = []
+    for task, length, mode in keys:
+        group = groups[(task, length, mode)]
+        metrics = {name: _mean([r["scores"][name] for r in group]) for name in group[0]["scores"]}
+        stats = {name: _mean([r["stats"][name] for r in group])
+                 for name in ("kv_tokens_peak", "kv_tokens_full_text", "time_to_first_token_s")}
+        rows.append(Row(benchmark, task, length, mode, None if mode == "text" else ratio,
+                        metrics.pop("score"), len(group), stats["kv_tokens_peak"], stats["kv_tokens_full_text"],
+                        stats["time_to_first_token_s"], metrics))
+    return rows
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def versions(module) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in ("vist2", "torch", "transformers", *getattr(module, "PACKAGES", ())):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def write_outputs(out: Path, args, module, rows: list[Row], records: list[dict], seconds: float) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    model = args.model if args.model else f"preset {args.preset} (seed {args.seed})"
+    result = {"model": model, "command": args.command_line, "versions": versions(module),
+              "seconds": round(seconds, 1), "rows": [row.as_dict() for row in rows]}
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    with open(out / "predictions.jsonl", "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    plot(rows, out / "results.png", f"{module.NAME}: {model}")
+
+
+def plot(rows: list[Row], path: Path, title: str) -> None:
+    """Score vs length, one line per (task, mode); grouped bars when rows have no length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"text": "-", "pcc": "--", "gcc": ":"}
+    tasks = list(dict.fromkeys(r.task for r in rows))
+    colors = {task: plt.cm.tab10(i % 10) for i, task in enumerate(tasks)}
+    figure, axes = plt.subplots(figsize=(8, 5))
+    if all(r.length is not None for r in rows):
+        for task in tasks:
+            for mode in MODE_ORDER:
+                line = sorted((r.length, r.score) for r in rows if r.task == task and r.mode == mode)
+                if line:
+                    axes.plot(*zip(*line), styles[mode], marker="o", color=colors[task], label=f"{task} {mode}")
+        axes.set_xscale("log", base=2)
+        axes.set_xlabel("length (tokens)")
+    else:
+        modes = [m for m in MODE_ORDER if any(r.mode == m for r in rows)]
+        width = 0.8 / len(modes)
+        for j, mode in enumerate(modes):
+            scores = [_mean([r.score for r in rows if r.task == t and r.mode == mode] or [0.0]) for t in tasks]
+            axes.bar([i + j * width for i in range(len(tasks))], scores, width, label=mode)
+        axes.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks, rotation=30, ha="right")
+    axes.set_ylabel("score (0-100)")
+    axes.set_ylim(-2, 102)
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def table(rows: list[Row]) -> str:
+    header = f"{'task':20s} {'length':>7s} {'mode':5s} {'ratio':>6s} {'score':>6s} {'n':>4s} " \
+             f"{'kv peak':>8s} {'kv text':>8s} {'ttft s':>7s}"
+    lines = [header]
+    for r in rows:
+        ratio = "-" if r.ratio is None else f"{r.ratio:g}"
+        length = "-" if r.length is None else str(r.length)
+        lines.append(f"{r.task:20s} {length:>7s} {r.mode:5s} {ratio:>6s} {r.score:6.1f} {r.n:4d} "
+                     f"{_num(r.kv_tokens_peak_mean, '.0f'):>8s} {_num(r.kv_tokens_full_text_mean, '.0f'):>8s} "
+                     f"{_num(r.time_to_first_token_s_mean, '.2f'):>7s}")
+    return "\n".join(lines)
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)

@@ -1,0 +1,44 @@
+"""GSM8K-style math: answer extraction and exact match by hand, a tiny file end to end."""
+
+import json
+
+import pytest
+
+from vist2.cli import main
+from vist2.eval import gsm8k
+from vist2.eval.sample import EvalSample
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Step one gives 3. #### 1,200", "1,200"),
+    ("So 4 + 5 = 9. The answer is 9.", "9"),
+    ("The answer is 7. Checking: 7 * 2 = 14", "7"),
+    ("We get 12 apples and then 15", "15"),
+    ("the final answer is: -$3.50", "-$3.50"),
+    ("no number here", None),
+])
+def test_extract_answer(text, expected):
+    assert gsm8k.extract_answer(text) == expected
+
+
+def test_score_compares_numbers_by_value():
+    sample = EvalSample(id="1", task="gsm8k", query="q", references=("1200",), max_new_tokens=8)
+    assert gsm8k.score(sample, "The answer is 1,200.00")["score"] == 100.0
+    assert gsm8k.score(sample, "The answer is 120")["score"] == 0.0
+    assert gsm8k.reference_answer("3 + 4 = <<3+4=7>>7\n#### 7") == "7"
+
+
+def test_gsm8k_end_to_end_and_bad_lines(tmp_path, one_thread, capsys):
+    data = tmp_path / "test.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"})
+                              for i in range(3)) + "\n")
+    out = tmp_path / "out"
+    assert main(["eval", "gsm8k", "--preset", "tiny", "--data", str(data), "--samples", "2", "--modes", "text",
+                 "--max-new-tokens", "2", "--out", str(out), "--no-progress-bar"]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["task"], r["length"], r["mode"], r["n"]) for r in rows] == [("gsm8k", None, "text", 2)]
+    assert (out / "results.png").is_file()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q", "answer": "no marker"}) + "\n")
+    assert main(["eval", "gsm8k", "--preset", "tiny", "--data", str(bad), "--out", str(tmp_path / "o2")]) == 2
+    assert "line 1" in capsys.readouterr().err

@@ -1,0 +1,81 @@
+"""The generic eval runner on the tiny preset with a fake benchmark: files, rows, flag checks."""
+
+import argparse
+import json
+import types
+
+import pytest
+
+from vist2.cli import main
+from vist2.errors import Vist2Error
+from vist2.eval import runner
+from vist2.eval.command import add_common_arguments
+from vist2.eval.sample import EvalSample
+from vist2.presets import preset
+
+
+def _fake_benchmark():
+    def load_samples(args, tokenizer):
+        return [EvalSample(id=f"s{i}", task=task, query=f"say {task} {i} " * (length // 8),
+                           references=("a",), max_new_tokens=3, length=length)
+                for task, length in (("alpha", 16), ("beta", 64)) for i in range(args.samples)]
+
+    def score(sample, prediction):
+        return {"score": 100.0 if sample.id == "s0" else 0.0, "chars": float(len(prediction))}
+
+    return types.SimpleNamespace(NAME="fake", add_arguments=lambda parser: None,
+                                 load_samples=load_samples, score=score)
+
+
+def _args(tmp_path, *flags):
+    parser = argparse.ArgumentParser()
+    add_common_arguments(parser, "fake")
+    args = parser.parse_args(["--preset", "tiny", "--out", str(tmp_path / "out"), "--no-progress-bar", *flags])
+    args.command_line = "test"
+    return args
+
+
+def test_runner_writes_rows_predictions_and_plot(tmp_path, one_thread, capsys):
+    rows = runner.run(_args(tmp_path, "--samples", "2", "--modes", "gcc,text", "--batch-size", "2"), _fake_benchmark())
+    out = tmp_path / "out"
+    result = json.loads((out / "results.json").read_text())
+    assert set(result) >= {"model", "command", "versions", "rows"} and result["versions"]["torch"]
+    assert len(rows) == len(result["rows"]) == 2 * 2  # (task, length) x mode, text before gcc
+    first, second = result["rows"][:2]
+    assert (first["task"], first["length"], first["mode"], first["ratio"]) == ("alpha", 16, "text", None)
+    K, beta = preset("tiny").chunk.chunk_tokens, preset("tiny").visual_tokens
+    assert (second["task"], second["mode"], second["ratio"]) == ("alpha", "gcc", K / beta)
+    assert first["n"] == 2 and first["score"] == 50.0  # s0 scores 100, s1 scores 0
+    assert "chars" in first and first["kv_tokens_peak_mean"] > 0 and first["kv_tokens_full_text_mean"] > 0
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * 2 * 2
+    assert {"id", "task", "length", "mode", "prediction", "references", "scores", "stats"} <= set(records[0])
+    assert (out / "results.png").stat().st_size > 0
+    assert "alpha" in capsys.readouterr().out
+
+
+def test_runner_never_replaces_files_it_did_not_write(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "results.json").write_text("an earlier run")
+    with pytest.raises(Vist2Error, match="--overwrite"):
+        runner.check_arguments(_args(tmp_path), _fake_benchmark())
+    runner.check_arguments(_args(tmp_path, "--overwrite"), _fake_benchmark())
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(Vist2Error, match="not a folder"):
+        runner.check_arguments(_args(tmp_path, "--out", str(tmp_path / "file")), _fake_benchmark())
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("flags", [["--temperature", "nan"], ["--top-p", "inf"], ["--samples", "0"],
+                                   ["--batch-size", "-1"], ["--modes", "text,ocr"], ["--max-new-tokens", "0"],
+                                   ["--threads", "0"], ["--repetition-penalty=-inf"]])
+def test_bad_flags_exit_2_before_loading(tmp_path, flags, capsys, monkeypatch):
+    monkeypatch.setattr("vist2.generate.load_model", lambda *a: pytest.fail("loaded a model"))
+    data = tmp_path / "gsm.jsonl"
+    data.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
+    code = main(["eval", "gsm8k", "--preset", "tiny", "--data", str(data), "--out", str(tmp_path / "o"), *flags])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and len(error.splitlines()) == 1 and "--" in error
+    assert not (tmp_path / "o").exists()
