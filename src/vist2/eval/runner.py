@@ -174,17 +174,19 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     styles = {"text": "-", "pcc": "--", "gcc": ":"}
     tasks = list(dict.fromkeys(r.task for r in rows))
     colors = {task: plt.cm.tab10(i % 10) for i, task in enumerate(tasks)}
+    modes = [m for m in MODE_ORDER if any(r.mode == m for r in rows)] + \
+        list(dict.fromkeys(r.mode for r in rows if r.mode not in MODE_ORDER))  # e.g. "ocr"
     figure, axes = plt.subplots(figsize=(8, 5))
     if all(r.length is not None for r in rows):
         for task in tasks:
-            for mode in MODE_ORDER:
+            for mode in modes:
                 line = sorted((r.length, r.score) for r in rows if r.task == task and r.mode == mode)
                 if line:
-                    axes.plot(*zip(*line), styles[mode], marker="o", color=colors[task], label=f"{task} {mode}")
+                    axes.plot(*zip(*line), styles.get(mode, "-."), marker="o", color=colors[task],
+                              label=f"{task} {mode}")
         axes.set_xscale("log", base=2)
         axes.set_xlabel("length (tokens)")
     else:
-        modes = [m for m in MODE_ORDER if any(r.mode == m for r in rows)]
         width = 0.8 / len(modes)
         for j, mode in enumerate(modes):
             scores = [_mean([r.score for r in rows if r.task == t and r.mode == mode] or [0.0]) for t in tasks]

@@ -1,0 +1,56 @@
+"""`vist2 eval` end to end for the benchmarks wired into the command: longbench, loogle, ocr, score."""
+
+import json
+
+from vist2.cli import main
+
+
+def _jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def _rows(out):
+    return json.loads((out / "results.json").read_text())["rows"]
+
+
+def test_longbench_runs_in_text_and_gcc(tmp_path, one_thread):
+    record = {"input": "Who wrote the book?", "context": "The book was written by Ann. " * 30, "answers": ["Ann"],
+              "length": 180, "dataset": "hotpotqa", "language": "en", "all_classes": None, "_id": "a"}
+    _jsonl(tmp_path / "hotpotqa.jsonl", [record])
+    out = tmp_path / "out"
+    assert main(["eval", "longbench", "--preset", "tiny", "--data", str(tmp_path), "--tasks", "hotpotqa",
+                 "--modes", "text,gcc", "--max-new-tokens", "3", "--out", str(out), "--no-progress-bar"]) == 0
+    rows = _rows(out)
+    assert [(r["task"], r["mode"], r["n"]) for r in rows] == [("hotpotqa", "text", 1), ("hotpotqa", "gcc", 1)]
+    gcc = rows[1]
+    assert gcc["ratio"] == 4 and gcc["kv_tokens_peak_mean"] < gcc["kv_tokens_full_text_mean"]
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 2
+
+
+def test_loogle_runs(tmp_path, one_thread):
+    doc = {"input": "Picardo was a painter. " * 20, "title": "Picardo", "output": "none",
+           "qa_pairs": "[{'Q': 'What was Picardo?', 'A': 'a painter', 'S': ['Picardo was a painter.']}]"}
+    _jsonl(tmp_path / "shortdep_qa.jsonl", [doc])
+    out = tmp_path / "out"
+    assert main(["eval", "loogle", "--preset", "tiny", "--data", str(tmp_path), "--tasks", "shortdep_qa",
+                 "--modes", "pcc", "--max-new-tokens", "3", "--out", str(out), "--no-progress-bar"]) == 0
+    assert [(r["task"], r["mode"]) for r in _rows(out)] == [("shortdep_qa", "pcc")]
+
+
+def test_ocr_runs(tmp_path, one_thread):
+    (tmp_path / "held.txt").write_text("Reading text back from its page. " * 40)
+    out = tmp_path / "out"
+    assert main(["eval", "ocr", "--preset", "tiny", "--data", str(tmp_path / "held.txt"), "--chunks", "2",
+                 "--out", str(out), "--no-progress-bar"]) == 0
+    (row,) = _rows(out)
+    assert row["benchmark"] == "ocr" and row["n"] == 2 and 0 <= row["score"] <= 100
+
+
+def test_score_prints_longbench_score(tmp_path, capsys):
+    lines = [{"pred": "Ann", "answers": ["Ann"], "all_classes": None, "length": 10},
+             {"pred": "Bob", "answers": ["Ann"], "all_classes": None, "length": 10}]
+    path = _jsonl(tmp_path / "hotpotqa.jsonl", lines)
+    assert main(["eval", "score", "--benchmark", "longbench", "--task", "hotpotqa", "--predictions", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"score": 50.0}
+    assert main(["eval", "score", "--benchmark", "longbench", "--task", "nope", "--predictions", str(path)]) == 2
