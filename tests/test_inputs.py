@@ -168,3 +168,11 @@ def test_meta_flops_of_a_preset_given_as_weight_folders(tmp_path):
     counted = meta_model(config)
     assert counted.device.type == "meta"
     assert counted.llm.config.hidden_size == model.llm.config.hidden_size
+
+
+def test_a_preset_too_large_for_memory_is_refused_before_allocating(monkeypatch, capsys):
+    from vist2 import generate
+
+    monkeypatch.setattr(generate, "_available_bytes", lambda device: 2**30)  # a 1 GiB machine
+    assert main(["generate", "--preset", "vist2-8b", "--prompt", "hi"]) == 2
+    assert "preset 'vist2-8b' needs 31.7 GiB for its fp32 weights" in capsys.readouterr().err

@@ -83,9 +83,36 @@ def load_model(model_dir: str | None = None, preset_name: str | None = None, see
     if model_dir is not None:
         model = Vist2Model.from_pretrained(model_dir, device=device)
     else:
+        config = preset(preset_name)
+        check_memory(config, preset_name, device)
         torch.manual_seed(seed)
-        model = Vist2Model(preset(preset_name)).to(device).eval()
+        model = Vist2Model(config).to(device).eval()
     return model, load_tokenizer(model.config.tokenizer)
+
+
+def _available_bytes(device: str) -> int | None:
+    """Memory free for new tensors on `device`: MemAvailable on a Linux CPU, free memory on CUDA."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None  # not Linux: no check
+
+
+def check_memory(config, name: str, device: str) -> None:
+    """Refuse, before allocating, a preset whose fp32 weights alone exceed the memory available."""
+    from vist2.bench.flops import meta_model
+
+    needed = sum(p.numel() for p in meta_model(config).parameters()) * 4
+    available = _available_bytes(device)
+    if available is not None and needed > available:
+        raise Vist2Error(f"preset {name!r} needs {needed / 2**30:.1f} GiB for its fp32 weights, more than the "
+                         f"{available / 2**30:.1f} GiB available on {device}; choose a smaller preset")
 
 
 def _prompt_list(prompt) -> list[str]:
