@@ -54,3 +54,10 @@ def test_score_prints_longbench_score(tmp_path, capsys):
     assert main(["eval", "score", "--benchmark", "longbench", "--task", "hotpotqa", "--predictions", str(path)]) == 0
     assert json.loads(capsys.readouterr().out) == {"score": 50.0}
     assert main(["eval", "score", "--benchmark", "longbench", "--task", "nope", "--predictions", str(path)]) == 2
+
+
+def test_debug_flag_reaches_eval_benchmarks(tmp_path, capsys):
+    missing = str(tmp_path / "missing.jsonl")
+    assert main(["eval", "score", "--benchmark", "longbench", "--task", "hotpotqa", "--predictions", missing,
+                 "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err

@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_layout(commands)
     _add_bench(commands)
     add_eval(commands)
-    for sub in commands.choices.values():
-        sub.add_argument("--debug", action="store_true",
-                         help="print the traceback of any error (also: environment VIST2_DEBUG=1)")
+    for name, sub in commands.choices.items():
+        if name != "eval":  # eval's benchmarks take it themselves (vist2.eval.command)
+            add_debug_flag(sub)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     args.command_line = "vist2 " + shlex.join(argv)  # recorded in result files
@@ -184,6 +184,11 @@ def _train(args) -> int:
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
     print(f"trained {result.steps} steps in {result.seconds:.0f} s{last}; model saved to {result.final}")
     return 0
+
+
+def add_debug_flag(parser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of any error (also: environment VIST2_DEBUG=1)")
 
 
 def add_model_source(parser) -> None:

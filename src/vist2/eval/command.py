@@ -21,6 +21,8 @@ BENCHMARKS = [
 
 
 def add_eval(commands) -> None:
+    from vist2.cli import add_debug_flag
+
     parser = commands.add_parser("eval", help="score a model on a benchmark in text, pcc and gcc modes",
                                  description="Generate every sample of a benchmark in each mode and score it; "
                                              "writes results.json, predictions.jsonl and a plot.")
@@ -29,6 +31,7 @@ def add_eval(commands) -> None:
         module = importlib.import_module(name)
         doc = (module.__doc__ or module.NAME).strip().splitlines()[0]
         sub = benchmarks.add_parser(module.NAME, help=doc, description=module.__doc__)
+        add_debug_flag(sub)
         if hasattr(module, "main"):
             module.add_arguments(sub)
             sub.set_defaults(run=module.main)
