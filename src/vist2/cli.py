@@ -10,6 +10,7 @@ import shlex
 import sys
 
 from vist2.errors import Vist2Error
+from vist2.train.prepare_cli import add_prepare
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_quickstart(commands)
     _add_layout(commands)
     _add_bench(commands)
+    add_prepare(commands)  # vist2 prepare: src/vist2/train/prepare_cli.py
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     args.command_line = "vist2 " + shlex.join(argv)  # recorded in result files
