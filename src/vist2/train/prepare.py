@@ -2,7 +2,7 @@
 
 Reads documents in the order `vist2.train.data.read_records` does, streaming (one batch of
 documents in memory at a time), tokenizes each batch with the fast tokenizer's parallel
-`encode_batch`, appends every document's ids and the end-of-text token to the current shard,
+`encode_batch_fast`, appends every document's ids and the end-of-text token to the current shard,
 and writes manifest.json last. All of it happens in a hidden temporary folder beside the
 output, renamed into place at the end: an interrupted prepare leaves no folder that training
 would take for complete.
