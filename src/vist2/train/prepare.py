@@ -109,13 +109,13 @@ def check_output(output: Path) -> None:
         raise Vist2Error(f"--output {output} already exists; choose a new folder (prepare never overwrites)")
 
 
-def _ids(tokenizer, batch: list[str], dtype: str) -> np.ndarray:
-    """Every document's ids followed by the end-of-text token, as `token_stream` builds them.
-    `tokenizer(batch)` is the same call `tokenizer.encode` makes, run in parallel by the Rust backend."""
-    encoded = tokenizer(batch, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-    eos = [tokenizer.eos_token_id]
+def _ids(backend, eos: int, batch: list[str], dtype: str) -> np.ndarray:
+    """Every document's ids followed by the end-of-text token, as `token_stream` builds them:
+    `tokenizer.encode` runs this backend too (truncation and padding off); `encode_batch_fast`
+    skips offsets and runs in parallel over the batch's documents."""
+    encoded = [encoding.ids for encoding in backend.encode_batch_fast(batch, add_special_tokens=False)]
     count = sum(len(ids) for ids in encoded) + len(encoded)
-    return np.fromiter(itertools.chain.from_iterable(x for ids in encoded for x in (ids, eos)), dtype, count)
+    return np.fromiter(itertools.chain.from_iterable(x for ids in encoded for x in (ids, [eos])), dtype, count)
 
 
 def _remove_own(temporary: Path, created: list[Path]) -> None:
@@ -128,7 +128,7 @@ def _remove_own(temporary: Path, created: list[Path]) -> None:
         pass
 
 
-def prepare(paths: tuple[str, ...], output: Path, tokenizer, tokenizer_name: str, batch_mb: float = 4.0,
+def prepare(paths: tuple[str, ...], output: Path, tokenizer, tokenizer_name: str, batch_mb: float = 1.0,
             shard_tokens: int = SHARD_TOKENS, progress: bool = True, command_line: str = "") -> dict:
     """Tokenize `paths` into `output`; returns the manifest."""
     from tqdm import tqdm
@@ -144,6 +144,9 @@ def prepare(paths: tuple[str, ...], output: Path, tokenizer, tokenizer_name: str
     sha = tokenizer_hash(tokenizer)
     if tokenizer.eos_token_id is None:
         raise Vist2Error(f"tokenizer {tokenizer_name!r} has no end-of-text token")
+    backend = tokenizer.backend_tokenizer  # what tokenizer.encode does to it, after hashing it
+    backend.no_truncation()
+    backend.no_padding()
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.parent / f".{output.name}.vist2-prepare-{os.getpid()}.tmp"
     temporary.mkdir()  # fails if it exists: this folder is ours alone
@@ -157,7 +160,7 @@ def prepare(paths: tuple[str, ...], output: Path, tokenizer, tokenizer_name: str
         bar = tqdm(total=ends[-1], unit="B", unit_scale=True, unit_divisor=1000, disable=not progress,
                    desc="prepare", smoothing=0.1)
         for batch in _batches(iter_texts(files), int(batch_mb * 1e6)):
-            ids = _ids(tokenizer, [text for _, text in batch], dtype)
+            ids = _ids(backend, tokenizer.eos_token_id, [text for _, text in batch], dtype)
             writer.write(ids)
             documents += len(batch)
             tokens += len(ids)

@@ -19,7 +19,7 @@ def add_prepare(commands) -> None:
     source.add_argument("--preset", help="use this preset's tokenizer, e.g. tiny, smollm2-135m")
     source.add_argument("--tokenizer", help="'bytes', 'qwen3' or a local tokenizer folder")
     parser.add_argument("--threads", type=int, default=0, help="tokenizer threads (default 0 = all cores)")
-    parser.add_argument("--batch-mb", type=float, default=4.0, help="text per tokenizer batch in MB (default 4)")
+    parser.add_argument("--batch-mb", type=float, default=1.0, help="text per tokenizer batch in MB (default 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_prepare)
 
