@@ -89,3 +89,26 @@ def test_prepare_cli_bad_input_and_train_from_prepared(tmp_path, capsys):
                  "--preset", "tiny", "--batch-size", "2", "--micro-batch-size", "2", "--max-length", "100",
                  "--max-steps", "2", "--no-progress-bar"]) == 0
     assert "trained 2 steps" in capsys.readouterr().out
+
+
+def test_train_refuses_a_corpus_of_another_tokenizer_in_one_line(tmp_path, capsys):
+    other = byte_tokenizer()
+    other.add_tokens(["<extra>"])
+    other.save_pretrained(tmp_path / "tok")
+    data = corpus(tmp_path / "corpus")
+    assert main(["prepare", "--data", str(data), "--output", str(tmp_path / "p"), "--tokenizer",
+                 str(tmp_path / "tok"), "--quiet"]) == 0
+    assert main(["train", "--stage", "olm", "--data", str(tmp_path / "p"), "--output", str(tmp_path / "run"),
+                 "--preset", "tiny", "--max-steps", "1", "--no-progress-bar"]) == 2
+    err = capsys.readouterr().err
+    assert "run `vist2 prepare` again with the model's tokenizer" in err and err.count("\n") == 1
+
+
+def test_a_folder_still_being_written_is_refused(tmp_path):
+    from vist2.train.tokens import OWNER
+
+    data = corpus(tmp_path / "corpus")
+    prepare((str(data),), tmp_path / "p", byte_tokenizer(), "bytes", progress=False)
+    (tmp_path / "p" / OWNER).write_text("in progress")  # as a temporary folder of a live or killed prepare
+    with pytest.raises(Vist2Error, match="interrupted"):
+        build_dataset("olm", (str(tmp_path / "p"),), byte_tokenizer(), 16, 2, 90)

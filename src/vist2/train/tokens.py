@@ -35,13 +35,14 @@ def token_dtype(vocab_size: int) -> str:
 
 
 def is_prepared(path: Path) -> bool:
-    """True for a complete prepared corpus; a folder with shards but no manifest is refused."""
+    """True for a complete prepared corpus; shards without a manifest, or a folder prepare is still
+    writing (its OWNER marker), are refused."""
     if not path.is_dir():
         return False
-    if (path / MANIFEST).is_file():
+    if (path / MANIFEST).is_file() and not (path / OWNER).exists():
         return True
     if (path / OWNER).exists() or any(path.glob(SHARD_GLOB)):
-        raise Vist2Error(f"{path} holds token shards but no {MANIFEST}: an interrupted `vist2 prepare`; run it again")
+        raise Vist2Error(f"{path} is the unfinished output of an interrupted or running `vist2 prepare`; run it again")
     return False
 
 
