@@ -129,10 +129,10 @@ class TextStageDataset(torch.utils.data.Dataset):
     or, for a fixed `ocr_replay` fraction of windows, its first chunks as an OCR sample."""
 
     def __init__(self, stage: str, tokenizer, texts: list[str], chunk_tokens: int, beta: int, max_length: int,
-                 sees_text: bool = True, ocr_replay: float = 0.0):
+                 sees_text: bool = True, ocr_replay: float = 0.0, stream=None):
         self.stage, self.tokenizer, self.chunk, self.beta, self.sees_text = stage, tokenizer, chunk_tokens, beta, sees_text
         self.ocr_replay = ocr_replay
-        self.stream = token_stream(tokenizer, texts)
+        self.stream = token_stream(tokenizer, texts) if stream is None else stream  # stream: a prepared corpus
         self.max_images = max(1, max_length // (chunk_tokens + beta))  # OCR: (v_i, c_i) pairs that fit
         if stage == "olm":
             chunks = max(1, (max_length + beta) // (chunk_tokens + beta))  # n text chunks + n-1 visual blocks
@@ -264,6 +264,13 @@ class ChatDataset(torch.utils.data.Dataset):
 def build_dataset(stage: str, paths: tuple[str, ...], tokenizer, chunk_tokens: int, beta: int, max_length: int,
                   on_bad_image: str = "fail", sees_text: bool = True, ocr_replay: float = 0.0,
                   images_outside_data: bool = False, fits=None) -> torch.utils.data.Dataset:
+    from vist2.train.tokens import is_prepared, open_prepared
+
+    if any(is_prepared(Path(p)) for p in paths):
+        if stage not in ("ocr", "olm") or len(paths) != 1:
+            raise Vist2Error("a prepared corpus (vist2 prepare) is for --stage ocr or olm and must be the only --data path")
+        stream = open_prepared(Path(paths[0]), tokenizer)
+        return TextStageDataset(stage, tokenizer, [], chunk_tokens, beta, max_length, sees_text, ocr_replay, stream)
     records = read_records(paths)
     if stage in ("ocr", "olm"):
         texts = [field(r, "text") for r in records]
