@@ -293,14 +293,14 @@ class ResumableBatches(torch.utils.data.Sampler):
         self.size, self.batch, self.micro, self.rank, self.world = size, batch_size, micro_batch_size, rank, world
         self.seed, self.total_steps, self.start_step, self.curriculum = seed, total_steps, start_step, curriculum
         self.schedule_steps = total_steps  # the curriculum's notion of "the whole run"; a time budget resets it
-        self._orders: dict[int, list[int]] = {}
+        self._orders: dict[int, torch.Tensor] = {}  # a tensor: 8 bytes per sample, not a Python int each
 
     def _record(self, sample: int) -> int:
         epoch, offset = divmod(sample, self.size)
         if epoch not in self._orders:
             generator = torch.Generator().manual_seed(self.seed + epoch)
-            self._orders = {epoch: torch.randperm(self.size, generator=generator).tolist()}
-        return self._orders[epoch][offset]
+            self._orders = {epoch: torch.randperm(self.size, generator=generator)}
+        return int(self._orders[epoch][offset])
 
     def _images(self, sample: int, step: int) -> int:
         if self.curriculum is None:
