@@ -181,6 +181,8 @@ def _train(args) -> int:
     from vist2.train.config import config_from_args
 
     result = train(config_from_args(args))
+    if not result.main_process:  # under torchrun / accelerate launch only rank 0 reports
+        return 0
     if result.skipped:
         print(f"skipped {len(result.skipped)} samples (first: {result.skipped[0]})")
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""

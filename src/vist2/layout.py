@@ -176,6 +176,18 @@ def block_mask(layouts: list[Layout], total: int | None = None, bidirectional_vi
     return create_block_mask(mask_mod, len(layouts), None, total, total, device=device)
 
 
+def block_mask_from_dense(mask: torch.Tensor):
+    """A (B, 1, T, T) bool mask (as `attention_mask` builds) as a FlexAttention BlockMask on its device."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    rows = mask[:, 0]
+
+    def mask_mod(b, h, q, k):
+        return rows[b, q, k]
+
+    return create_block_mask(mask_mod, mask.shape[0], None, mask.shape[-2], mask.shape[-1], device=mask.device)
+
+
 def describe(layout: Layout, bidirectional_visual: bool = False) -> dict:
     """The JSON form printed by `vist2 layout --json`."""
     return {

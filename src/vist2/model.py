@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from vist2.config import LLMConfig, Vist2Config
 from vist2.errors import Vist2Error
+from vist2.layout import block_mask_from_dense
 from vist2.vision import Aligner, VisionTower
 
 CHECKPOINT_FORMAT = "vist2"
@@ -92,8 +93,11 @@ class Vist2Model(nn.Module):
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask,
                 visual: torch.Tensor | None = None, pages: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> Vist2Output:
-        """Teacher-forced forward of a batch of layouts (see `vist2.stages.collate`)."""
+        """Teacher-forced forward of a batch of layouts (see `vist2.stages.collate`). With flex_attention
+        a dense bool `attention_mask` is turned into a BlockMask (a BlockMask passes through)."""
         embeds = self.embed(input_ids, visual, pages)
+        if self.config.attn_implementation == "flex_attention" and isinstance(attention_mask, torch.Tensor):
+            attention_mask = block_mask_from_dense(attention_mask)  # the layout's rule as a BlockMask
         out = self.llm(inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask, use_cache=False)
         loss = None
         if labels is not None:

@@ -49,6 +49,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader workers; rendering runs in them
     mixed_precision: str = "auto"  # "auto" (bf16 on a GPU that has it, else fp32) | "no" | "bf16" | "fp16"
     gradient_checkpointing: bool = False
+    fsdp: bool = False  # shard with PyTorch FSDP2 (launch with torchrun); see vist2.train.sharded
     grad_clip: float = 1.0
     save_every: int = 500  # optimizer steps between checkpoints (and one at the end)
     keep_checkpoints: int = 2
@@ -177,6 +178,7 @@ HELP = {
     "num_workers": "DataLoader worker processes; rendering runs in them (default 0)",
     "mixed_precision": "auto, no, bf16 or fp16 (default auto: bf16 on a GPU that has it)",
     "gradient_checkpointing": "recompute activations in backward to save memory",
+    "fsdp": "shard model and optimizer with FSDP2; launch: torchrun --nproc_per_node N -m vist2 train ...",
     "grad_clip": "clip the gradient norm to this; 0 = off (default 1.0)",
     "save_every": "optimizer steps between checkpoints; one is also written at the end (default 500)",
     "keep_checkpoints": "complete checkpoints to keep, >= 1 (default 2)",

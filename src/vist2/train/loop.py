@@ -1,7 +1,8 @@
 """`train(config)`: one stage of VIST2 training with Hugging Face Accelerate.
 
-The same code runs on one CPU, or under `accelerate launch` on many processes (DDP, FSDP,
-DeepSpeed), with mixed precision on GPU. Each optimizer step consumes `batch_size`
+The same code runs on one CPU, under `accelerate launch` or `torchrun` on many processes
+(DDP; with `--fsdp`, PyTorch's FSDP2, see `vist2.train.sharded`), with bf16 autocast on CPU
+or GPU (fp16 on GPU only). Each optimizer step consumes `batch_size`
 samples over all processes, reached by gradient accumulation of micro-batches. The
 learning rate is set by hand each step (warmup then cosine), so resuming needs only the
 step number. Watch a run with the tqdm bar (loss, tokens/s, ETA), TensorBoard
@@ -29,6 +30,7 @@ from vist2.presets import preset
 from vist2.render import Renderer
 from vist2.tokenizer import load_tokenizer
 from vist2.train import checkpoint as ckpt
+from vist2.train import sharded
 from vist2.train.config import PARTS, TrainConfig
 from vist2.train.data import ResumableBatches, build_dataset, curriculum_images
 
@@ -42,8 +44,9 @@ class TrainResult:
     steps: int
     seconds: float
     skipped: list[str]  # samples skipped (a bad captioning image, an SFT query over max_length), with file:line
-    model: Vist2Model  # the trained model (unwrapped, on this process's device)
+    model: Vist2Model  # the trained model (unwrapped; under --fsdp the full model on rank 0, shards elsewhere)
     tokenizer: object
+    main_process: bool = True  # False on every rank but 0 of a multi-process run
 
 
 def learning_rate(config: TrainConfig, step: int, total: int) -> float:
@@ -122,36 +125,55 @@ def _freeze(model: Vist2Model, parts: tuple[str, ...]) -> list[torch.nn.Paramete
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _mixed_precision(choice: str) -> str:
+def _mixed_precision(config: TrainConfig) -> str:
+    """The autocast dtype; fp16 (loss scaling) needs a GPU and does not combine with --fsdp."""
+    choice, gpu = config.mixed_precision, torch.cuda.is_available()
+    if choice == "fp16" and not gpu:
+        raise Vist2Error("--mixed-precision fp16 needs a GPU (CPU autocast has no fp16 loss scaling); "
+                         "use bf16 or no")
+    if choice == "fp16" and config.fsdp:
+        raise Vist2Error("--mixed-precision fp16 does not combine with --fsdp; use bf16")
     if choice != "auto":
         return choice
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
 
 
-def _save_model(accelerator, model, tokenizer, folder: Path) -> None:
-    """save_pretrained of the full weights (gathered on the main process under FSDP / ZeRO-3)."""
+def _full_model(accelerator, model, fsdp: bool) -> Vist2Model | None:
+    """The unsharded model on the main process (None elsewhere); every rank must call it."""
     from accelerate.utils import DistributedType
 
-    state = accelerator.get_state_dict(model)  # collective under FSDP / DeepSpeed: every rank calls it
+    if fsdp:
+        state = sharded.full_state(model)
+    else:
+        state = accelerator.get_state_dict(model)  # collective under FSDP / DeepSpeed: every rank calls it
     if not accelerator.is_main_process:
-        return
+        return None
     unwrapped = accelerator.unwrap_model(model)
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    if fsdp or accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         full = Vist2Model(unwrapped.config)
         full.load_state_dict(state)
         unwrapped = full
-    unwrapped.save_pretrained(folder, tokenizer)
+    return unwrapped
 
 
-def _save(accelerator, model, tokenizer, output: Path, step: int, progress: dict, keep: int) -> None:
+def _save_model(accelerator, model, tokenizer, folder: Path, fsdp: bool) -> None:
+    """save_pretrained of the full weights (gathered on the main process when sharded)."""
+    full = _full_model(accelerator, model, fsdp)
+    if full is not None:
+        full.save_pretrained(folder, tokenizer)
+
+
+def _save(accelerator, model, optimizer, tokenizer, output: Path, step: int, progress: dict, keep: int) -> None:
     """Checkpoint (all ranks take part): written under a temporary name, then renamed."""
     final = ckpt.checkpoints_dir(output) / f"{ckpt.PREFIX}{step:08d}"
     temporary = ckpt.temporary_for(final)
     if accelerator.is_main_process:
         ckpt.make_temporary(final)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary / "state"))
-    _save_model(accelerator, model, tokenizer, temporary / "model")
+    accelerator.save_state(str(temporary / "state"))  # under --fsdp: the RNG states only
+    if progress["fsdp"]:
+        sharded.save(model, optimizer, temporary / "state")
+    _save_model(accelerator, model, tokenizer, temporary / "model", progress["fsdp"])
     accelerator.wait_for_everyone()  # every rank's RNG state is in before the rename
     if accelerator.is_main_process:
         ckpt.write_progress(temporary, progress)
@@ -178,11 +200,16 @@ def _plot(losses: list[float], path: Path, title: str) -> None:
 def train(config: TrainConfig, model_config: Vist2Config | None = None) -> TrainResult:
     """Run one stage. `model_config` starts a fresh model of a config that is no named preset."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
     config = config.with_stage_defaults()
     output = Path(config.output)
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision),
+    # Accelerate keeps its settings process-wide; a second train() in one process may choose another
+    # precision (the process group, PartialState, is kept).
+    AcceleratorState._reset_state()
+    # cpu=True without a GPU: plain `torchrun` on CPU is then multi-process (gloo), not N lone runs
+    accelerator = Accelerator(mixed_precision=_mixed_precision(config), cpu=not torch.cuda.is_available(),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     accelerator.register_save_state_pre_hook(lambda models, weights, directory: weights.clear())
     accelerator.register_load_state_pre_hook(lambda models, directory: models.clear())
@@ -190,6 +217,8 @@ def train(config: TrainConfig, model_config: Vist2Config | None = None) -> Train
     if config.batch_size % (config.micro_batch_size * world):
         raise Vist2Error(f"batch_size {config.batch_size} is not a multiple of micro_batch_size "
                          f"{config.micro_batch_size} x {world} processes")
+    if config.fsdp:
+        sharded.check_launch()
     set_seed(config.seed)
     held = None
     if accelerator.is_main_process:
@@ -214,9 +243,12 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
     tokenizer = load_tokenizer(model.config.tokenizer)
     parts = config.train_parts or PARTS
     trainable = _freeze(model, parts)
+    if model.config.attn_implementation == "flex_attention" and accelerator.device.type == "cpu":
+        raise Vist2Error(f"the model uses flex_attention, which has no backward on CPU in torch {torch.__version__}; "
+                         "train it on a GPU, or from a checkpoint with attn_implementation 'sdpa'")
     if config.gradient_checkpointing:
         for part in (model.llm, model.vision.model):
-            part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            part.activation_checkpointing_enable({"use_reentrant": False})
 
     chunk_tokens = model.config.chunk.chunk_tokens
     if config.page_tokens > chunk_tokens or (config.page_tokens and config.stage != "ocr"):
@@ -244,10 +276,19 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=config.num_workers)
 
+    if progress and progress.get("fsdp", False) != config.fsdp:
+        raise Vist2Error(f"cannot resume: {resumed} was written {'with' if progress.get('fsdp') else 'without'} "
+                         f"--fsdp; resume it the same way")
+    if config.fsdp:  # shard first: the optimizer must hold the sharded parameters
+        model = sharded.shard(model, accelerator.device)
+        trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if not config.fsdp:
+        model, optimizer = accelerator.prepare(model, optimizer)
     if progress:
         accelerator.load_state(str(resumed / "state"))
+        if config.fsdp:
+            sharded.load(model, optimizer, resumed / "state")
     writer = None
     if accelerator.is_main_process:
         from torch.utils.tensorboard import SummaryWriter
@@ -267,13 +308,19 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
         micro_losses, tokens = [], 0
         for micro in range(accumulation):
             batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
-            sync = contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(model)
+            if config.fsdp:  # reduce-scatter the gradients once, after the last micro-batch
+                model.set_requires_gradient_sync(micro == accumulation - 1)
+                sync = contextlib.nullcontext()
+            else:
+                sync = contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(model)
             with sync, accelerator.autocast():
                 loss = model(**batch).loss
                 accelerator.backward(loss / accumulation)
             micro_losses.append(loss.detach().float())
             tokens += int((batch["labels"] != -100).sum())
-        if config.grad_clip > 0:
+        if config.grad_clip > 0 and config.fsdp:
+            torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)  # the norm over all shards
+        elif config.grad_clip > 0:
             accelerator.clip_grad_norm_(trainable, config.grad_clip)
         lr = learning_rate(config, step, schedule_steps)
         for group in optimizer.param_groups:
@@ -301,8 +348,9 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
         out_of_time = config.max_minutes and time.perf_counter() - began > config.max_minutes * 60
         done = step >= min(total, schedule_steps) or out_of_time
         if step % config.save_every == 0 or done:
-            state = {"step": step, "schedule_steps": schedule_steps, "losses": losses, "stage": config.stage}
-            _save(accelerator, model, tokenizer, output, step, state, config.keep_checkpoints)
+            state = {"step": step, "schedule_steps": schedule_steps, "losses": losses, "stage": config.stage,
+                     "fsdp": config.fsdp}
+            _save(accelerator, model, optimizer, tokenizer, output, step, state, config.keep_checkpoints)
     bar.close()
     seconds = time.perf_counter() - began
 
@@ -311,8 +359,9 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
     if accelerator.is_main_process:
         ckpt.make_temporary(final)
     accelerator.wait_for_everyone()
-    _save_model(accelerator, model, tokenizer, temporary)
-    if accelerator.is_main_process:
+    full = _full_model(accelerator, model, config.fsdp)
+    if full is not None:
+        full.save_pretrained(temporary, tokenizer)
         ckpt.publish(temporary, final)
         (output / "losses.json").write_text(json.dumps(losses) + "\n")
         if losses:
@@ -320,4 +369,5 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
         writer.close()
     accelerator.wait_for_everyone()
     skipped = list(getattr(dataset, "skipped", []))
-    return TrainResult(final, losses, step, seconds, skipped, accelerator.unwrap_model(model), tokenizer)
+    trained = full if full is not None else accelerator.unwrap_model(model)
+    return TrainResult(final, losses, step, seconds, skipped, trained, tokenizer, accelerator.is_main_process)
