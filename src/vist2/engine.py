@@ -49,8 +49,9 @@ class Engine:
 
         implementation = getattr(model.llm.config, "_attn_implementation", "sdpa")
         if implementation != "sdpa":
-            raise Vist2Error(f"generation passes boolean masks and needs attn_implementation='sdpa', "
-                             f"this model uses {implementation!r}")
+            raise Vist2Error(f"generation runs on SDPA (it passes boolean masks) and this model was built with "
+                             f"{implementation!r}: load it with vist2.generate.load_model, or with "
+                             "Vist2Model.from_pretrained(DIR, changes={'attn_implementation': 'sdpa'}) (same weights)")
         if max_batch is not None and max_batch < 1:
             raise Vist2Error(f"max_batch must be >= 1, got {max_batch}")
         self.model, self.tokenizer = model, tokenizer

@@ -15,6 +15,7 @@ one `stages.sft` trains on; chunk options are arguments (`vist2.options.chunk_op
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -74,14 +75,20 @@ class GenerationConfig:
 def load_model(model_dir: str | None = None, preset_name: str | None = None, seed: int = 0,
                device: str = "cpu"):
     """(model, tokenizer) from a checkpoint folder, or a preset with random weights (seeded)."""
-    from vist2.model import Vist2Model
+    from vist2.model import Vist2Model, read_checkpoint_config
     from vist2.presets import preset
     from vist2.tokenizer import load_tokenizer
 
     if (model_dir is None) == (preset_name is None):
         raise Vist2Error("give exactly one of a model folder or a preset")
     if model_dir is not None:
-        model = Vist2Model.from_pretrained(model_dir, device=device)
+        config, _ = read_checkpoint_config(model_dir)
+        changes = {}
+        if config.attn_implementation != "sdpa":  # the engine passes boolean masks: SDPA (same weights)
+            print(f"note: {model_dir} uses {config.attn_implementation}; generation runs it with sdpa",
+                  file=sys.stderr)
+            changes["attn_implementation"] = "sdpa"
+        model = Vist2Model.from_pretrained(model_dir, device=device, changes=changes)
     else:
         config = preset(preset_name)
         check_memory(config, preset_name, device)

@@ -182,3 +182,41 @@ def test_flex_attention_forward_builds_the_block_mask_and_equals_sdpa():
         expected, found = sdpa(**batch), flex(**batch)  # the dense mask becomes a BlockMask inside
     assert torch.allclose(found.logits, expected.logits, atol=1e-4)
     assert abs(float(found.loss) - float(expected.loss)) < 1e-4
+
+
+def test_generation_runs_a_flex_checkpoint_with_sdpa_and_says_so_once(tmp_path, capsys):
+    from vist2.engine import Engine
+    from vist2.errors import Vist2Error
+    from vist2.generate import GenerationConfig, generate, load_model
+
+    torch.manual_seed(0)
+    built = Vist2Model(tiny().replace(attn_implementation="flex_attention")).eval()
+    built.save_pretrained(tmp_path / "flex", byte_tokenizer())
+    with pytest.raises(Vist2Error, match="generation runs on SDPA .* 'flex_attention'"):
+        Engine(built, byte_tokenizer())
+    assert built.config.attn_implementation == "flex_attention"  # the built model is left as it is
+    model, tokenizer = load_model(str(tmp_path / "flex"))
+    result = generate(model, tokenizer, "the of and " * 30, GenerationConfig(mode="gcc", max_new_tokens=8))
+    assert result.stats.as_dict() and model.llm.config._attn_implementation == "sdpa"
+    assert capsys.readouterr().err.count("generation runs it with sdpa") == 1
+
+
+def test_gpu_selfcheck_runs_reduced_on_cpu_and_writes_one_json(tmp_path, monkeypatch, capsys):
+    import runpy
+
+    script = Path(__file__).parents[1] / "scripts" / "gpu_selfcheck.py"
+    monkeypatch.setattr(sys, "argv", ["gpu_selfcheck.py", "--device", "cpu", "--output", str(tmp_path / "r.json")])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(script), run_name="__main__")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert done.value.code == 0 and report["ok"], report
+    assert report["versions"]["torch"] == torch.__version__ and report["mode"] == "reduced (cpu)"
+    checks = report["checks"]
+    assert set(checks) == {"flex_vs_sdpa", "bf16_train", "gcc_verify_bf16", "engine_decode", "step_time"}
+    assert set(checks["flex_vs_sdpa"]["kernel"]) == {"ocr", "olm", "olm_blind", "sft"}
+    assert max(row["forward"] for row in checks["flex_vs_sdpa"]["kernel"].values()) < 1e-4
+    assert len(checks["bf16_train"]["tiny"]["losses"]) == 3
+    assert checks["gcc_verify_bf16"]["max_logit_difference"] < 5e-2
+    assert checks["engine_decode"]["new_tokens"] == 64
+    assert checks["step_time"] == {"skipped": "needs a GPU", "ok": True, "seconds_total": pytest.approx(0, abs=1)}
+    assert "all checks passed" in capsys.readouterr().err
