@@ -219,6 +219,9 @@ def train(config: TrainConfig, model_config: Vist2Config | None = None) -> Train
                          f"{config.micro_batch_size} x {world} processes")
     if config.fsdp:
         sharded.check_launch()
+        if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+            raise Vist2Error("--fsdp shards with FSDP2 itself: launch it with torchrun (or accelerate launch "
+                             "--multi_gpu), not with accelerate's --use_fsdp or --use_deepspeed")
     set_seed(config.seed)
     held = None
     if accelerator.is_main_process:
