@@ -1,7 +1,8 @@
 """Run folders and fault-tolerant checkpoints.
 
     OUTPUT/checkpoints/step-00000040/   model/ (Vist2Model.save_pretrained + tokenizer)
-                                        state/ (accelerate: optimizer, RNG states of every rank)
+                                        state/ (accelerate: optimizer, RNG states of every rank;
+                                                with --fsdp, sharded/: model + optimizer shards, DCP)
                                         progress.json (step, schedule length, loss history)
     OUTPUT/final/                       the trained model, loadable with Vist2Model.from_pretrained
 
