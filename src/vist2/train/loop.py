@@ -44,7 +44,7 @@ class TrainResult:
     steps: int
     seconds: float
     skipped: list[str]  # samples skipped (a bad captioning image, an SFT query over max_length), with file:line
-    model: Vist2Model  # the trained model (unwrapped; under --fsdp the full model on rank 0, shards elsewhere)
+    model: Vist2Model  # the trained model (unwrapped; under --fsdp the full model on CPU on rank 0, shards elsewhere)
     tokenizer: object
     main_process: bool = True  # False on every rank but 0 of a multi-process run
 

@@ -39,8 +39,7 @@ def shard(model: nn.Module, device: torch.device) -> nn.Module:
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
-    model.to(device)
-    for layer in _layers(model):
+    for layer in _layers(model):  # fully_shard moves each group to the device as it shards it: no full copy there
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
