@@ -186,6 +186,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model dtype")
     parser.add_argument("--parts", default="batch,concurrency,single,arrival,linear")
     parser.add_argument("--counts", default="1,2,4,8,16")
     parser.add_argument("--modes", default=",".join(MODES), help="modes of the concurrency part")
@@ -193,9 +194,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(preset_name=args.preset)
+    model = model.to(getattr(torch, args.dtype))
     parts, counts = args.parts.split(","), [int(n) for n in args.counts.split(",")]
     result = {"command": "PYTHONPATH=src python " + shlex.join(sys.argv), "preset": args.preset,
-              "tokens": args.tokens, "repeats": args.repeats, "threads": args.threads,
+              "tokens": args.tokens, "repeats": args.repeats, "threads": args.threads, "dtype": args.dtype,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                           "load_average_before": os.getloadavg()}}
     if "batch" in parts:
