@@ -6,7 +6,9 @@
 - single_stream: one text-mode request, decode tokens/s, next to Hugging Face `generate` on the same LLM
   weights and prompt ids with its dynamic and its static cache (greedy, forced to N tokens);
 - arrival: 8 gcc requests all at once vs arriving one every N/8 steps (continuous batching):
-  aggregate tokens/s over the whole run and mean latency (arrival to last token).
+  aggregate tokens/s over the whole run and mean latency (arrival to last token);
+- linear: one pass over all the LLM's linear layers (the matrix products of a decode step) for
+  1, 2, 4, 8 and 16 rows, in fp32 and in bf16: what batching can gain on this CPU at best.
 
     PYTHONPATH=src python benchmarks/engine_bench.py --preset tiny --tokens 300 --repeats 5 \
         --out benchmarks/engine_tiny.json
@@ -56,7 +58,9 @@ def batch_vs_sequential(model, tokenizer, tokens: int, repeats: int, modes) -> d
             generate(model, tokenizer, texts, config(mode, tokens))
             batch = time.perf_counter() - start
             rows.append({"sequential_s": sequential, "batch_s": batch, "ratio": sequential / batch})
-        found[mode] = {"median_ratio": statistics.median(r["ratio"] for r in rows), "runs": rows}
+        found[mode] = {"median_ratio": statistics.median(r["ratio"] for r in rows),
+                       "ratio_of_fastest": min(r["sequential_s"] for r in rows) / min(r["batch_s"] for r in rows),
+                       "runs": rows}
         print(f"batch vs sequential {mode}: {found[mode]['median_ratio']:.2f}x", flush=True)
     return found
 
@@ -153,22 +157,47 @@ def arrival(model, tokenizer, tokens: int, repeats: int) -> dict:
     return found
 
 
+def linear(model, repeats: int) -> dict:
+    """Milliseconds of one pass over the LLM's linear layers for 1, 2, 4, 8, 16 rows (median of repeats)."""
+    weights = [m.weight.detach() for m in model.llm.modules() if isinstance(m, torch.nn.Linear)]
+    found = {}
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.bfloat16):
+            typed = [w.to(dtype) for w in weights]
+            times = {}
+            for rows in (1, 2, 4, 8, 16):
+                inputs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=dtype) for w in typed}
+                runs = []
+                for _ in range(repeats + 1):  # the first pass warms up
+                    start = time.perf_counter()
+                    for w in typed:
+                        torch.nn.functional.linear(inputs[w.shape[1]], w)
+                    runs.append(1e3 * (time.perf_counter() - start))
+                times[rows] = statistics.median(runs[1:])
+            name = str(dtype).removeprefix("torch.")
+            found[name] = {"ms": times, "rows_8_vs_1": times[8] / times[1], "rows_16_vs_1": times[16] / times[1]}
+            print(f"linear layers {name}: " + ", ".join(f"{r} rows {t:.1f} ms" for r, t in times.items()), flush=True)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--tokens", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--parts", default="batch,concurrency,single,arrival")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model dtype")
+    parser.add_argument("--parts", default="batch,concurrency,single,arrival,linear")
     parser.add_argument("--counts", default="1,2,4,8,16")
     parser.add_argument("--modes", default=",".join(MODES), help="modes of the concurrency part")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(preset_name=args.preset)
+    model = model.to(getattr(torch, args.dtype))
     parts, counts = args.parts.split(","), [int(n) for n in args.counts.split(",")]
     result = {"command": "PYTHONPATH=src python " + shlex.join(sys.argv), "preset": args.preset,
-              "tokens": args.tokens, "repeats": args.repeats, "threads": args.threads,
+              "tokens": args.tokens, "repeats": args.repeats, "threads": args.threads, "dtype": args.dtype,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                           "load_average_before": os.getloadavg()}}
     if "batch" in parts:
@@ -179,6 +208,8 @@ def main() -> None:
         result["single_stream"] = single_stream(model, tokenizer, args.tokens, args.repeats)
     if "arrival" in parts:
         result["arrival"] = arrival(model, tokenizer, args.tokens, args.repeats)
+    if "linear" in parts:
+        result["linear"] = linear(model, max(args.repeats, 5))
     result["machine"]["load_average_after"] = os.getloadavg()
     with open(args.out, "w") as handle:
         json.dump(result, handle, indent=1)

@@ -138,4 +138,6 @@ def test_bench_cli_end_to_end(tmp_path, capsys):
     assert writing["gcc"]["kv_tokens_final"] < writing["text"]["kv_tokens_final"]
     assert {r["mode"] for r in result["ratios"]} == {"pcc", "gcc"}
     assert result["machine"]["torch"] == torch.__version__ and "bench" in result["command"]
+    # K reached the run as an option: the model was built with the preset's own K
+    assert result["model"]["chunk_tokens"] == 32 and result["model"]["config"]["chunk"]["chunk_tokens"] == 64
     assert "gcc" in capsys.readouterr().out

@@ -101,3 +101,27 @@ def test_generation_counts_query_chunks_spread_over_pages(tiny):
     model, tokenizer = tiny
     result = generate(model, tokenizer, "name\tvalue\tunit\tnote\t" * 12, greedy("pcc", 5))
     assert result.stats.chunks_split == 3 and result.stats.generated_tokens == 5
+
+
+def test_whole_prompt_prefill_equals_the_piecewise_prefill(tiny, monkeypatch):
+    """Several prompts padded into one forward give each row the logits of its prompt fed in
+    pieces of K tokens and page batches (the path of prompts over PREFILL_TOKENS)."""
+    from vist2 import decode
+
+    model, tokenizer = tiny
+    prompts = [SHORT, LONG, LONG * 2]
+
+    def first_logits(options):
+        engine = Engine(model, tokenizer, options=options)
+        requests = [engine.add(p, greedy(mode, 1), keep_logits=True) for p in prompts for mode in ("text", "gcc")]
+        engine.step()
+        assert all(r.finished for r in requests)
+        return torch.stack([r.kept[0] for r in requests])
+
+    for bidirectional in (False, True):
+        options = chunk_options(model, chunk_tokens=16, bidirectional_visual=bidirectional)
+        whole = first_logits(options)
+        monkeypatch.setattr(decode, "PREFILL_TOKENS", 0)
+        pieces = first_logits(options)
+        monkeypatch.undo()
+        assert (whole - pieces).abs().max() <= 1e-4

@@ -304,7 +304,7 @@ def _add_bench(commands) -> None:
     parser.add_argument("--count-limit", type=integer(0), default=1500,
                         help="count FLOPs on the generation itself up to this many forwards; beyond, "
                         "on the meta device (FlopCounterMode slows a forward ~10x; default 1500)")
-    parser.add_argument("--chunk-tokens", type=integer(1), help="override K of the model's config")
+    parser.add_argument("--chunk-tokens", type=integer(1), help="K for this run (default: the model's)")
     parser.add_argument("--page", help="override the page size WxH (beta = W/16s * H/16s), e.g. 256x256")
     parser.add_argument("--max-positions", type=integer(1),
                         help="override the preset LLM's max_position_embeddings (random-weight presets only)")
@@ -328,7 +328,7 @@ def _bench(args) -> int:
 
     from vist2.bench.run import bench
     from vist2.bench.scenarios import CPU_SCALE, cases
-
+    from vist2.options import chunk_options
     from vist2.presets import PRESETS
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -356,18 +356,20 @@ def _bench(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise Vist2Error(f"--out {out} exists and is not a folder")
-    model = tokenizer = None
+    model = tokenizer = options = None
     if grid:
         model, tokenizer = _bench_model(args)
+        options = chunk_options(model, chunk_tokens=args.chunk_tokens)
     arguments = {k: v for k, v in vars(args).items() if k not in ("run", "command_line")}
     bench(model, tokenizer, grid, args.repeats, out, args.name, paper or [],
-          cases(args.scenario, None, 1.0) if paper else [], args.command_line, arguments, args.count_limit)
+          cases(args.scenario, None, 1.0) if paper else [], args.command_line, arguments, args.count_limit,
+          options=options)
     return 0
 
 
 def _bench_model(args):
-    """The model to measure: a checkpoint or a seeded random preset, built with K / page overridden
-    (nothing replaces the config of a built model)."""
+    """The model to measure: a checkpoint or a seeded random preset, built with the page overridden
+    (nothing replaces the config of a built model; K is a chunk option of the run)."""
     import torch
 
     from vist2.model import Vist2Model
@@ -375,8 +377,6 @@ def _bench_model(args):
     from vist2.tokenizer import load_tokenizer
 
     changes = {}
-    if args.chunk_tokens:
-        changes["chunk.chunk_tokens"] = args.chunk_tokens
     if args.page:
         width, height = _page_size(args.page)
         changes.update({"render.width": width, "render.height": height})

@@ -13,7 +13,8 @@ import torch
 from vist2.chunking import split_chunks
 from vist2.kvstore import KVStore
 
-PAGE_BATCH = 8  # query pages rendered and encoded per forward during prefill
+PAGE_BATCH = 8  # query pages rendered and encoded per forward during a long prompt's prefill
+PREFILL_TOKENS = 1024  # prompts up to this many positions are prefilled whole, several rows per forward
 
 
 def block_mask(q: int, block: int, bidirectional: bool) -> torch.Tensor:
@@ -55,6 +56,44 @@ def forward(model, kv: KVStore, slots: list[int], embeds: torch.Tensor, position
     return out.logits[:, -1].float()
 
 
+def prefill_rows(model, kv: KVStore, slots: list[int], prompts: list, bidirectional: bool, encode) -> torch.Tensor:
+    """Whole prompts (each `Prompt.segments`, up to PREFILL_TOKENS positions) into empty slots in
+    one forward, padded to the longest; all their pages in one `encode(texts)` -> (N, beta, d).
+    Row b holds entries [0, positions_b) afterwards; returns (B, V) fp32 logits of each last token."""
+    embed, device = model.llm.get_input_embeddings(), model.device
+    texts = [page for segments in prompts for kind, content in segments if kind == "pages" for page in content]
+    visual = encode(texts) if texts else None
+    rows, blocks, used = [], [], 0
+    for segments in prompts:
+        parts, block = [], []
+        for kind, content in segments:
+            if kind == "text":
+                parts.append(embed(torch.tensor(content, device=device)))
+                block.append(torch.full((len(content),), -1))
+            else:
+                pages = visual[used : used + len(content)]
+                parts.append(pages.reshape(-1, pages.shape[-1]))
+                block.append(used + torch.arange(len(content)).repeat_interleave(pages.shape[1]))
+                used += len(content)
+        rows.append(torch.cat(parts))
+        blocks.append(torch.cat(block))
+    lengths = [len(row) for row in rows]
+    q = max(lengths)
+    embeds = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+    block = torch.nn.utils.rnn.pad_sequence(blocks, batch_first=True, padding_value=-1)  # (B, q)
+    index = torch.arange(q)
+    mask = (index[None, :] <= index[:, None])[None] & (index[None, None, :] < torch.tensor(lengths)[:, None, None])
+    if bidirectional:
+        mask |= (block[:, :, None] == block[:, None, :]) & (block[:, :, None] >= 0)
+    kv.begin(slots, q)
+    out = model.llm.base_model(inputs_embeds=embeds, position_ids=index[None].expand(len(rows), q).to(device),
+                               attention_mask=mask[:, None].to(device), past_key_values=kv, use_cache=True)
+    for slot, length in zip(slots, lengths):
+        kv.lengths[slot] = length  # entries past a row's prompt are padding, overwritten by what follows
+    last = out.last_hidden_state[torch.arange(len(rows)), torch.tensor(lengths) - 1]
+    return model.llm.get_output_embeddings()(last).float()
+
+
 def embed_tokens(model, tokens: list[int]) -> torch.Tensor:
     """(len(tokens), 1, d): one token per row."""
     return model.llm.get_input_embeddings()(torch.tensor(tokens, device=model.device)[:, None])
@@ -62,7 +101,7 @@ def embed_tokens(model, tokens: list[int]) -> torch.Tensor:
 
 def prefill(model, kv: KVStore, slot: int, segments, chunk_tokens: int, bidirectional: bool,
             encode) -> tuple[torch.Tensor, int]:
-    """A prompt's segments into an empty slot, text in pieces of K tokens and pages PAGE_BATCH
+    """A long prompt's segments into an empty slot, text in pieces of K tokens and pages PAGE_BATCH
     at a time (`encode(texts)` -> (N, beta, d)); returns ((V,) logits, next position)."""
     base, logits = 0, None
     for kind, content in segments:

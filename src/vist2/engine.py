@@ -42,6 +42,20 @@ class Event:
     finished: bool = False
 
 
+def prefill_groups(joining: list[Request]) -> list[list[Request]]:
+    """Joining requests in groups prefilled by one forward: alike in attention inside visual
+    blocks, at most PREFILL_TOKENS padded positions; a longer prompt alone."""
+    groups: list[list[Request]] = []
+    for request in sorted(joining, key=lambda r: r.prompt.positions):
+        group = groups[-1] if groups else None
+        fits = group is not None and (len(group) + 1) * request.prompt.positions <= decode.PREFILL_TOKENS
+        if fits and group[0].options.bidirectional_visual == request.options.bidirectional_visual:
+            group.append(request)
+        else:
+            groups.append([request])
+    return groups
+
+
 class Engine:
     def __init__(self, model, tokenizer, renderer=None, options: ChunkOptions | None = None,
                  max_batch: int | None = None):
@@ -163,13 +177,21 @@ class Engine:
         for request in joining:
             request.slot = self.kv.add_slot()
             self.rows.append(request)
-            options, started = request.options, time.perf_counter()
-            logits, request.base = decode.prefill(
-                self.model, self.kv, request.slot, request.prompt.segments, options.chunk_tokens,
-                options.bidirectional_visual, lambda texts: self._encode(texts, [request]))
-            request.logits = logits
-            request.stats.prefill_s = time.perf_counter() - started
-            request.measure(self.kv)
+        for group in prefill_groups(joining):
+            started = time.perf_counter()
+            first = group[0]
+            options, encode = first.options, lambda texts: self._encode(texts, group)
+            if first.prompt.positions > decode.PREFILL_TOKENS:  # alone: in pieces, as memory allows
+                logits, _ = decode.prefill(self.model, self.kv, first.slot, first.prompt.segments,
+                                           options.chunk_tokens, options.bidirectional_visual, encode)
+                logits = logits[None]
+            else:
+                logits = decode.prefill_rows(self.model, self.kv, [r.slot for r in group],
+                                             [r.prompt.segments for r in group], options.bidirectional_visual, encode)
+            for request, row_logits in zip(group, logits):
+                request.logits, request.base = row_logits, request.prompt.positions
+                request.stats.prefill_s = time.perf_counter() - started
+                request.measure(self.kv)
         return events
 
     def _choose(self) -> list[int]:

@@ -32,6 +32,7 @@ class KVStore:
         self.shape = (llm_config.num_hidden_layers, 0, heads, 0, head_dim)
         self.keys = torch.zeros(self.shape, device=device, dtype=dtype)
         self.values = torch.zeros(self.shape, device=device, dtype=dtype)
+        self._nbytes = 0  # storage bytes held, updated when the buffers are reallocated
         self.lengths: list[int] = []  # entries held per slot in use
         self._rows: torch.Tensor | slice = slice(0, 0)  # the slots of the current forward
         self._index: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, 1) slots, (B, q) entries written
@@ -47,7 +48,7 @@ class KVStore:
 
     def nbytes(self) -> int:
         """Bytes of storage held by all layers' keys and values."""
-        return self.keys.untyped_storage().nbytes() + self.values.untyped_storage().nbytes()
+        return self._nbytes
 
     def reserve(self, slots: int, entries: int) -> None:
         """Room for `slots` slots of `entries` entries; reallocates (copying what is held) only
@@ -67,6 +68,7 @@ class KVStore:
             new = torch.zeros(layers, slots, heads, capacity, head_dim, device=old.device, dtype=old.dtype)
             new[:, :keep_slots, :, :keep] = old[:, :keep_slots, :, :keep]
             setattr(self, name, new)
+        self._nbytes = self.keys.untyped_storage().nbytes() + self.values.untyped_storage().nbytes()
 
     def add_slot(self) -> int:
         self.lengths.append(0)

@@ -40,7 +40,7 @@ def teacher_example(tokenizer, renderer, query: list[int], response: list[int], 
 def teacher_logits(model, renderer, example: Example, pad_id: int, bidirectional: bool | None = None) -> torch.Tensor:
     """(N, V) fp32 logits that predict the loss tokens, from one forward with the dense mask."""
     if bidirectional is None:
-        bidirectional = model.config.chunk.bidirectional_visual
+        bidirectional = chunk_options(model, renderer).bidirectional_visual
     batch = collate([example], renderer, pad_id, bidirectional)
     batch.pop("labels")
     batch["attention_mask"] = L.dense_mask(example.layout, bidirectional)[None, None]

@@ -1,8 +1,8 @@
 """What each mode's layout implies: its forwards, KV cache sizes and FLOPs, without running it.
 
 `forward_steps` lists the LLM forwards one generation performs, in the order
-`vist2.generate` performs them (prefill in pieces of K tokens and batches of PAGE_BATCH
-pages; text/pcc feed each sampled token but the last; gcc also runs a visual block of
+`vist2.engine` performs them (a prompt of up to PREFILL_TOKENS positions in one forward, a
+longer one in pieces of K tokens and batches of PAGE_BATCH pages; text/pcc feed each sampled token but the last; gcc also runs a visual block of
 beta tokens per finished chunk, then evicts the chunk's K text entries). From the steps:
 
 - `kv_peak`: the most cache entries held (persistent segments + the current chunk, + the
@@ -23,8 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from vist2.bench.flops import LLMShape, VisionShape, count_llm_step, count_page
 from vist2.chunking import split_chunks, split_compressed
-
-PAGE_BATCH = 8  # as vist2.generate.PAGE_BATCH: query pages encoded per prefill forward
+from vist2.decode import PAGE_BATCH, PREFILL_TOKENS
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,7 @@ class Step:
     """One LLM forward: `queries` new tokens over `cache` cached entries, `hidden` of which
     the new tokens may not see; `pages` pages encoded for it; `evict` entries dropped after."""
 
-    kind: str  # "prefill" | "pages" | "decode" | "visual"
+    kind: str  # "prompt" (whole) | "prefill" | "pages" (a long prompt's pieces) | "decode" | "visual"
     queries: int
     cache: int
     hidden: int = 0
@@ -68,10 +67,16 @@ def forward_steps(mode: str, prompt: PromptShape, response: int, chunk_tokens: i
             steps.append(Step("prefill", len(piece), cache))
             cache += len(piece)
 
-    if mode == "text":
+    chunks, tail = split_compressed(list(range(prompt.query)), K, beta)
+    whole = (prompt.user + prompt.query + prompt.assistant if mode == "text"
+             else prompt.user + len(chunks) * beta + len(tail) + prompt.assistant)
+    if whole <= PREFILL_TOKENS:
+        pages = 0 if mode == "text" else len(chunks)
+        steps.append(Step("prompt", whole, 0, pages=pages, block=beta if pages else 1))
+        cache = whole
+    elif mode == "text":
         text(prompt.user + prompt.query + prompt.assistant)
     else:
-        chunks, tail = split_compressed(list(range(prompt.query)), K, beta)
         text(prompt.user)
         for start in range(0, len(chunks), PAGE_BATCH):
             pages = len(chunks[start:start + PAGE_BATCH])
@@ -112,7 +117,7 @@ def _allowed_pairs(step: Step, bidirectional_visual: bool) -> int:
     q = step.queries
     inside = q * (q + 1) // 2
     if bidirectional_visual and step.block > 1:
-        inside += (q // step.block) * step.block * (step.block - 1) // 2
+        inside += step.pages * step.block * (step.block - 1) // 2
     return q * (step.cache - step.hidden) + inside
 
 

@@ -22,6 +22,7 @@ import torch
 from vist2.bench import bounds
 from vist2.bench.flops import ComponentFlops, shapes
 from vist2.bench.scenarios import Case, prompt_text
+from vist2.options import ChunkOptions, chunk_options
 
 MODES = ("text", "pcc", "gcc")
 TIMINGS = ("time_to_first_token_s", "prefill_s", "decode_s", "render_s", "encode_s")
@@ -60,8 +61,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(model, tokenizer, case: Case, mode: str, repeats: int, renderer, count_limit: int = 1500) -> dict:
-    """All figures of one case and mode, with their bounds. Generations of more than
+def measure(model, tokenizer, case: Case, mode: str, repeats: int, renderer, options: ChunkOptions,
+            count_limit: int = 1500) -> dict:
+    """All figures of one case and mode under chunk `options`, with their bounds. Generations of more than
     `count_limit` forwards are counted by the meta-device method on the same config instead
     (FlopCounterMode makes each forward ~10x slower; the two counts are equal, see tests)."""
     from vist2.bench.flops import meta_model
@@ -69,17 +71,16 @@ def measure(model, tokenizer, case: Case, mode: str, repeats: int, renderer, cou
 
     config = GenerationConfig(mode=mode, max_new_tokens=case.response_tokens, ignore_eos=True)
     prompt = prompt_text(tokenizer, case.query_tokens)
-    chunk = model.config.chunk
     steps = bounds.forward_steps(mode, bounds.PromptShape.of(tokenizer, len(tokenizer.encode(
-        prompt, add_special_tokens=False))), case.response_tokens, chunk.chunk_tokens,
-        model.config.visual_tokens, chunk.visual_sees_text)
+        prompt, add_special_tokens=False))), case.response_tokens, options.chunk_tokens,
+        options.beta, options.visual_sees_text)
     if len(steps) <= count_limit:
         with ComponentFlops(model) as flops:
-            counted = generate(model, tokenizer, prompt, config, renderer)  # also the warm-up
+            counted = generate(model, tokenizer, prompt, config, renderer, options)  # also the warm-up
         counts, method = flops.counts, "FlopCounterMode on this generation"
     else:
         warm_up = dataclasses.replace(config, max_new_tokens=min(case.response_tokens, 64))
-        counted = generate(model, tokenizer, prompt, warm_up, renderer)
+        counted = generate(model, tokenizer, prompt, warm_up, renderer, options)
         counts, method = bounds.meta_flops(steps, meta_model(model.config)), "FlopCounterMode, meta runs"
     runs, peaks = [], []
     for _ in range(repeats):
@@ -87,7 +88,7 @@ def measure(model, tokenizer, case: Case, mode: str, repeats: int, renderer, cou
             torch.cuda.reset_peak_memory_stats(model.device)
         _sync(model.device)
         start = time.perf_counter()
-        result = generate(model, tokenizer, prompt, config, renderer)
+        result = generate(model, tokenizer, prompt, config, renderer, options)
         _sync(model.device)
         runs.append({**result.stats.as_dict(), "wall_s": time.perf_counter() - start})
         if model.device.type == "cuda":
@@ -106,7 +107,7 @@ def measure(model, tokenizer, case: Case, mode: str, repeats: int, renderer, cou
         "peak_device_bytes": max(peaks) if peaks else None,
         "bound": {"kv_tokens_peak": kv_bound, "kv_tokens_final": bounds.kv_final(steps),
                   "kv_bytes_peak": kv_bound * llm.kv_bytes_per_token(model.dtype.itemsize),
-                  "flops": bounds.layout_flops(steps, llm, vision, chunk.bidirectional_visual),
+                  "flops": bounds.layout_flops(steps, llm, vision, options.bidirectional_visual),
                   "flops_dense": bounds.dense_flops(steps, llm, vision), "forwards": len(steps)},
         "repeats": runs,
     }
@@ -136,15 +137,15 @@ def ratios(rows: list[dict], kv_key: str = "kv_bytes_peak") -> list[dict]:
     return out
 
 
-def run_measurements(model, tokenizer, grid: list[Case], repeats: int, count_limit: int = 1500,
-                     log=print) -> list[dict]:
+def run_measurements(model, tokenizer, grid: list[Case], repeats: int, options: ChunkOptions,
+                     count_limit: int = 1500, log=print) -> list[dict]:
     from vist2.render import Renderer
 
     renderer = Renderer(model.config.render)
     rows = []
     for case in grid:
         for mode in MODES:
-            row = measure(model, tokenizer, case, mode, repeats, renderer, count_limit)
+            row = measure(model, tokenizer, case, mode, repeats, renderer, options, count_limit)
             log(f"  {case.scenario} q={case.query_tokens} r={case.response_tokens} {mode}: "
                 f"ttft {1e3 * row['time_to_first_token_s']:.1f} ms, kv {row['kv_tokens_peak']}, "
                 f"{row['flops']['total'] / 1e9:.3f} GFLOP")
@@ -163,13 +164,14 @@ def paper_sizes(names: list[str], grid: list[Case], element_size: int = 2) -> li
         config = preset(name)
         model = meta_model(config)
         tokenizer = load_tokenizer(config.tokenizer)
+        options = chunk_options(model)
         llm, vision = shapes(model)
         page = count_page(model)
         for case in grid:
             for mode in MODES:
                 steps = bounds.forward_steps(mode, bounds.PromptShape.of(tokenizer, case.query_tokens),
-                                             case.response_tokens, config.chunk.chunk_tokens, config.visual_tokens,
-                                             config.chunk.visual_sees_text)
+                                             case.response_tokens, options.chunk_tokens, options.beta,
+                                             options.visual_sees_text)
                 kv = bounds.kv_peak(steps)
                 rows.append({"preset": name, "scenario": case.scenario, "query_tokens": case.query_tokens,
                              "response_tokens": case.response_tokens, "length": case.length, "mode": mode,
@@ -237,18 +239,22 @@ def write(result: dict, out: Path, name: str) -> list[Path]:
 
 def bench(model, tokenizer, grid: list[Case], repeats: int, out: Path, name: str = "bench",
           paper_presets: list[str] = (), paper_grid: list[Case] = (), command: str = "",
-          arguments: dict | None = None, count_limit: int = 1500, log=print) -> tuple[dict, list[Path]]:
-    """Measure `grid` on `model`, count `paper_presets` over `paper_grid`, print tables, write files."""
+          arguments: dict | None = None, count_limit: int = 1500, log=print,
+          options: ChunkOptions | None = None) -> tuple[dict, list[Path]]:
+    """Measure `grid` on `model` under chunk `options` (default: the model's), count `paper_presets`
+    over `paper_grid`, print tables, write files."""
     result = {"command": command, "arguments": arguments or {}, "machine": machine(), "method": METHOD}
     if grid:
         config = model.config
-        result["model"] = {"preset": config.preset, "chunk_tokens": config.chunk.chunk_tokens,
-                           "visual_tokens": config.visual_tokens, "ratio": config.ratio,
+        options = options or chunk_options(model)
+        result["model"] = {"preset": config.preset, "chunk_tokens": options.chunk_tokens,
+                           "visual_tokens": options.beta, "ratio": options.chunk_tokens / options.beta,
+                           "visual_sees_text": options.visual_sees_text,
                            "page": [config.render.width, config.render.height], "merge": config.aligner.merge,
                            "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
                            "parameters": model.num_parameters(), "config": config.to_dict()}
         log(f"measuring {len(grid)} cases x {len(MODES)} modes, {repeats} timed repeats each")
-        result["measurements"] = run_measurements(model, tokenizer, grid, repeats, count_limit, log)
+        result["measurements"] = run_measurements(model, tokenizer, grid, repeats, options, count_limit, log)
         result["ratios"] = ratios(result["measurements"])
         log(table(result["measurements"]))
     if paper_presets:
