@@ -7,10 +7,13 @@ free: it is the number of visual tokens the encoder makes of one page of the ren
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from vist2.chunking import Fill
 from vist2.config import check_chunking
 from vist2.errors import Vist2Error
+
+if TYPE_CHECKING:
+    from vist2.chunking import Fill
 
 FILL_MAX_FACTOR = 4  # fill: max_chunk_tokens 0 = this many times chunk_tokens
 
@@ -34,6 +37,8 @@ class ChunkOptions:
 
     def fill(self, renderer, tokenizer) -> Fill | None:
         """The fill policy for pages of this renderer (None for fixed K)."""
+        from vist2.chunking import Fill
+
         if self.chunking == "fixed":
             return None
         fit = renderer.page_fit(self.min_font_size or None)
@@ -65,17 +70,3 @@ def chunk_options(model, renderer=None, chunk_tokens: int | None = None, visual_
         given(min_font_size, chunk.min_font_size),
         given(max_chunk_tokens, chunk.max_chunk_tokens),
     )
-
-
-def add_chunking_flags(parser) -> None:
-    """--chunking, --min-font-size, --max-chunk-tokens (generate, train, eval, bench, verify, layout)."""
-    parser.add_argument("--chunking", choices=("fixed", "fill"),
-                        help="fixed: K tokens per chunk; fill: as many tokens as fill the page (default: the model's)")
-    parser.add_argument("--min-font-size", type=int,
-                        help="fill: fill pages down to this font size in pixels (default: the model's, else the renderer's)")
-    parser.add_argument("--max-chunk-tokens", type=int, help="fill: most tokens per chunk (default 4 x K)")
-
-
-def chunking_args(args) -> dict:
-    """The chunk_options keywords the flags of `add_chunking_flags` give (None = not given)."""
-    return {name: getattr(args, name, None) for name in ("chunking", "min_font_size", "max_chunk_tokens")}

@@ -58,8 +58,12 @@ class PromptShape:
 
 
 def forward_steps(mode: str, prompt: PromptShape, response: int, chunk_tokens: int, beta: int,
-                  visual_sees_text: bool = True) -> list[Step]:
-    """The forwards of one generation of `response` tokens (ignore_eos: it runs to the end)."""
+                  visual_sees_text: bool = True, query_chunks: tuple[int, int] | None = None,
+                  response_chunks: list[int] | None = None, full: int | None = None) -> list[Step]:
+    """The forwards of one generation of `response` tokens (ignore_eos: it runs to the end).
+    Chunks of K tokens, or of the lengths given (fill): `query_chunks` = (query pages, raw tail
+    tokens), `response_chunks` = tokens of each response chunk, the last one open; a chunk of
+    `full` tokens closed by its count, a shorter one before a token that would overflow its page."""
     K, steps, cache = chunk_tokens, [], 0
 
     def text(count: int) -> None:
@@ -71,26 +75,30 @@ def forward_steps(mode: str, prompt: PromptShape, response: int, chunk_tokens: i
     if mode == "text":
         text(prompt.user + prompt.query + prompt.assistant)
     else:
-        chunks, tail = split_compressed(list(range(prompt.query)), K, beta)
+        if query_chunks is None:
+            chunks, tail = split_compressed(list(range(prompt.query)), K, beta)
+            query_chunks = (len(chunks), len(tail))
         text(prompt.user)
-        for start in range(0, len(chunks), PAGE_BATCH):
-            pages = len(chunks[start:start + PAGE_BATCH])
+        for start in range(0, query_chunks[0], PAGE_BATCH):
+            pages = min(PAGE_BATCH, query_chunks[0] - start)
             steps.append(Step("pages", pages * beta, cache, pages=pages, block=beta))
             cache += pages * beta
-        text(len(tail) + prompt.assistant)
-    chunk = 0
-    for _ in range(response - 1):  # the last sampled token is never fed back
-        chunk += 1
-        complete = mode == "gcc" and chunk == K
-        if not complete or visual_sees_text:
+        text(query_chunks[1] + prompt.assistant)
+    if mode != "gcc":
+        response_chunks, full = [response], None
+    elif response_chunks is None:
+        response_chunks, full = [len(c) for c in split_chunks(list(range(response)), K)], K
+    for index, length in enumerate(response_chunks):
+        last = index == len(response_chunks) - 1
+        by_count = length == full
+        fed = length - 1 if last or (by_count and not visual_sees_text) else length  # the last sampled token is never fed back
+        for _ in range(fed):
             steps.append(Step("decode", 1, cache))
             cache += 1
-        if complete:
-            fed = K if visual_sees_text else K - 1
+        if not last:
             steps.append(Step("visual", beta, cache, hidden=0 if visual_sees_text else fed,
                               pages=1, evict=fed, block=beta))
             cache += beta - fed
-            chunk = 0
     return steps
 
 

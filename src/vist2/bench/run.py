@@ -60,26 +60,50 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(model, tokenizer, case: Case, mode: str, repeats: int, renderer, count_limit: int = 1500) -> dict:
+def fill_steps(model, tokenizer, prompt: str, config, renderer, options) -> list:
+    """fill: the forwards of one generation, from the chunk lengths a probe run of it finds."""
+    from vist2.generate import generate
+    from vist2.prompt import build_prompt
+
+    ids = tokenizer.encode(prompt, add_special_tokens=False)
+    built = build_prompt(tokenizer, ids, config.mode, options.chunk_tokens, options.beta, renderer.fits,
+                         options.fill(renderer, tokenizer))
+    shape = bounds.PromptShape.of(tokenizer, len(ids))
+    tail = built.positions - shape.user - shape.assistant - len(built.pages) * options.beta
+    stats = generate(model, tokenizer, prompt, config, renderer, options).stats
+    response = stats.chunk_lengths[len(built.chunk_lengths):]
+    response.append(stats.generated_tokens - sum(response))
+    return bounds.forward_steps(config.mode, shape, stats.generated_tokens, options.chunk_tokens, options.beta,
+                                options.visual_sees_text, (len(built.pages), tail), response,
+                                options.fill(renderer, tokenizer).max_tokens)
+
+
+def measure(model, tokenizer, case: Case, mode: str, repeats: int, renderer, count_limit: int = 1500,
+            options=None) -> dict:
     """All figures of one case and mode, with their bounds. Generations of more than
     `count_limit` forwards are counted by the meta-device method on the same config instead
-    (FlopCounterMode makes each forward ~10x slower; the two counts are equal, see tests)."""
+    (FlopCounterMode makes each forward ~10x slower; the two counts are equal, see tests).
+    `options`: chunk options (default: the model's); fill's bounds follow the chunks it cut."""
     from vist2.bench.flops import meta_model
     from vist2.generate import GenerationConfig, generate
+    from vist2.options import chunk_options
 
     config = GenerationConfig(mode=mode, max_new_tokens=case.response_tokens, ignore_eos=True)
     prompt = prompt_text(tokenizer, case.query_tokens)
-    chunk = model.config.chunk
-    steps = bounds.forward_steps(mode, bounds.PromptShape.of(tokenizer, len(tokenizer.encode(
-        prompt, add_special_tokens=False))), case.response_tokens, chunk.chunk_tokens,
-        model.config.visual_tokens, chunk.visual_sees_text)
+    chunk = options = options or chunk_options(model, renderer)
+    if options.chunking == "fill":
+        steps = fill_steps(model, tokenizer, prompt, config, renderer, options)
+    else:
+        steps = bounds.forward_steps(mode, bounds.PromptShape.of(tokenizer, len(tokenizer.encode(
+            prompt, add_special_tokens=False))), case.response_tokens, chunk.chunk_tokens,
+            model.config.visual_tokens, chunk.visual_sees_text)
     if len(steps) <= count_limit:
         with ComponentFlops(model) as flops:
-            counted = generate(model, tokenizer, prompt, config, renderer)  # also the warm-up
+            counted = generate(model, tokenizer, prompt, config, renderer, options)  # also the warm-up
         counts, method = flops.counts, "FlopCounterMode on this generation"
     else:
         warm_up = dataclasses.replace(config, max_new_tokens=min(case.response_tokens, 64))
-        counted = generate(model, tokenizer, prompt, warm_up, renderer)
+        counted = generate(model, tokenizer, prompt, warm_up, renderer, options)
         counts, method = bounds.meta_flops(steps, meta_model(model.config)), "FlopCounterMode, meta runs"
     runs, peaks = [], []
     for _ in range(repeats):
@@ -87,7 +111,7 @@ def measure(model, tokenizer, case: Case, mode: str, repeats: int, renderer, cou
             torch.cuda.reset_peak_memory_stats(model.device)
         _sync(model.device)
         start = time.perf_counter()
-        result = generate(model, tokenizer, prompt, config, renderer)
+        result = generate(model, tokenizer, prompt, config, renderer, options)
         _sync(model.device)
         runs.append({**result.stats.as_dict(), "wall_s": time.perf_counter() - start})
         if model.device.type == "cuda":
@@ -137,14 +161,14 @@ def ratios(rows: list[dict], kv_key: str = "kv_bytes_peak") -> list[dict]:
 
 
 def run_measurements(model, tokenizer, grid: list[Case], repeats: int, count_limit: int = 1500,
-                     log=print) -> list[dict]:
+                     log=print, options=None) -> list[dict]:
     from vist2.render import Renderer
 
     renderer = Renderer(model.config.render)
     rows = []
     for case in grid:
         for mode in MODES:
-            row = measure(model, tokenizer, case, mode, repeats, renderer, count_limit)
+            row = measure(model, tokenizer, case, mode, repeats, renderer, count_limit, options)
             log(f"  {case.scenario} q={case.query_tokens} r={case.response_tokens} {mode}: "
                 f"ttft {1e3 * row['time_to_first_token_s']:.1f} ms, kv {row['kv_tokens_peak']}, "
                 f"{row['flops']['total'] / 1e9:.3f} GFLOP")
@@ -237,7 +261,7 @@ def write(result: dict, out: Path, name: str) -> list[Path]:
 
 def bench(model, tokenizer, grid: list[Case], repeats: int, out: Path, name: str = "bench",
           paper_presets: list[str] = (), paper_grid: list[Case] = (), command: str = "",
-          arguments: dict | None = None, count_limit: int = 1500, log=print) -> tuple[dict, list[Path]]:
+          arguments: dict | None = None, count_limit: int = 1500, log=print, options=None) -> tuple[dict, list[Path]]:
     """Measure `grid` on `model`, count `paper_presets` over `paper_grid`, print tables, write files."""
     result = {"command": command, "arguments": arguments or {}, "machine": machine(), "method": METHOD}
     if grid:
@@ -248,7 +272,7 @@ def bench(model, tokenizer, grid: list[Case], repeats: int, out: Path, name: str
                            "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
                            "parameters": model.num_parameters(), "config": config.to_dict()}
         log(f"measuring {len(grid)} cases x {len(MODES)} modes, {repeats} timed repeats each")
-        result["measurements"] = run_measurements(model, tokenizer, grid, repeats, count_limit, log)
+        result["measurements"] = run_measurements(model, tokenizer, grid, repeats, count_limit, log, options)
         result["ratios"] = ratios(result["measurements"])
         log(table(result["measurements"]))
     if paper_presets:

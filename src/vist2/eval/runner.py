@@ -97,16 +97,18 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
     """Generate and score every sample in every mode: one prediction record each."""
     from tqdm import tqdm
 
-    from vist2.cli import generation_config
+    from vist2.cli import chunking_args, generation_config
     from vist2.generate import generate
+    from vist2.options import chunk_options
 
     groups = batches(samples, args.batch_size, tokenizer)
+    options = chunk_options(model, **chunking_args(args))
     records = []
     with tqdm(total=len(samples) * len(modes), desc="eval", unit="sample", disable=not args.progress_bar) as bar:
         for mode in modes:
             for group in groups:
                 config = generation_config(args, mode, args.max_new_tokens or group[0].max_new_tokens)
-                results = generate(model, tokenizer, [s.query for s in group], config)
+                results = generate(model, tokenizer, [s.query for s in group], config, options=options)
                 for sample, result in zip(group, results):
                     records.append({
                         "id": sample.id, "task": sample.task, "length": sample.length, "mode": mode,
