@@ -14,7 +14,7 @@ tokens than the text itself.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vist2.errors import Vist2Error
 from vist2.tokenizer import token_bytes
@@ -27,6 +27,12 @@ class Fill:
     tokenizer: object
     new_fit: Callable
     max_tokens: int
+    token_bytes: dict = field(default_factory=dict, compare=False, repr=False)  # id -> bytes, filled on use
+
+    def bytes_of(self, token: int) -> bytes:
+        if token not in self.token_bytes:
+            self.token_bytes[token] = token_bytes(self.tokenizer, [token])[0]
+        return self.token_bytes[token]
 
 
 class Chunker:
@@ -43,7 +49,7 @@ class Chunker:
         self.fit = self.fill.new_fit() if self.fill else None
 
     def _text_with(self, token: int) -> tuple[bytes, str]:
-        data = self.data + token_bytes(self.pages.tokenizer, [token])[0]
+        data = self.data + self.fill.bytes_of(token)
         return data, data[: complete_prefix(data)].decode("utf-8", errors="replace")
 
     def overflows(self, token: int) -> bool:
