@@ -83,16 +83,18 @@ def test_fill_chunks_fill_their_page_and_never_exceed_it(parts, size):
 
 
 def test_tail_rule_with_fill():
-    fill = fill_of(10, max_tokens=30)
+    """The open last chunk stays text when it has at most beta tokens; a chunk closed by
+    max_tokens is full and always compressed."""
     ids = TOKENIZER.encode("word " * 40, add_special_tokens=False)
-    chunks = split_chunks(ids, 20, fill)
-    assert len({len(c) for c in chunks[:-1]}) >= 1 and all(len(c) <= 30 for c in chunks)
-    for beta, keeps_tail in ((len(chunks[-1]), True), (len(chunks[-1]) - 1, False)):
-        compressed, tail = split_compressed(ids, 20, beta, fill)
-        assert (tail == chunks[-1]) == keeps_tail and compressed == (chunks[:-1] if keeps_tail else chunks)
-    full = ids[: sum(map(len, chunks[:1]))]
-    if len(chunks[0]) == 30:  # a last chunk closed by max_tokens is full: compressed whatever beta
-        assert split_compressed(full, 20, 64, fill) == ([full], [])
+    chunks = split_chunks(ids, 20, fill_of(10, max_tokens=300))
+    assert len(chunks) > 2 and all(len(c) < 300 for c in chunks)  # closed by the page
+    last = len(chunks[-1])
+    assert split_compressed(ids, 20, last, fill_of(10, 300)) == (chunks[:-1], chunks[-1])
+    assert split_compressed(ids, 20, last - 1, fill_of(10, 300)) == (chunks, [])
+    full = ids[:12]
+    assert split_chunks(full, 20, fill_of(10, max_tokens=12)) == [full]
+    assert split_compressed(full, 20, 64, fill_of(10, max_tokens=12)) == ([full], [])
+    assert split_compressed(full, 20, 64, fill_of(10, max_tokens=13)) == ([], full)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
