@@ -1,7 +1,7 @@
 """Cut token ids into chunks, apply the tail rule, and find the text each chunk renders.
 
 Two policies. fixed: chunks of K tokens. fill: a chunk closes before the token whose text
-would no longer fit its page at the fill font size (`render.PageFit`), or at max_tokens;
+would no longer fit its page at the fill font size (`pagefit.PageFit`), or at max_tokens;
 the rule looks at no later token, so generation applies it as it goes (`Chunker`): a row
 whose next token would overflow its page compresses the chunk first and picks again.
 

@@ -242,12 +242,14 @@ class Renderer:
                 state.line, state.x = "", 0.0
             state.line, state.x = state.line + char, state.x + char_width
 
-    def page_fit(self, size: int | None = None) -> PageFit:
+    def page_fit(self, size: int | None = None):
         """An incremental fit test at `size` (default: min_font_size) for text that grows token by token."""
         size = self.config.min_font_size if size is None else size
         if not self.config.min_font_size <= size <= self.largest_size:
             raise Vist2Error(f"min_font_size {size} is outside this renderer's sizes "
                              f"[{self.config.min_font_size}, {self.largest_size}]")
+        from vist2.pagefit import PageFit
+
         return PageFit(self, size)
 
     def _fit(self, text: str) -> tuple[int, list[str]]:
@@ -351,67 +353,3 @@ class LineState:
         if self.line or len(self.lines) == self.first_line:  # an empty paragraph still takes a line
             self.lines.append(self.line)
         self.line, self.x, self.first_line = "", 0.0, len(self.lines)
-
-
-class PageFit:
-    """Whether a growing text still fits one page at one font size, decided as `Renderer.layout`
-    decides it (the same `_place`), but laying out only the new text and the word it continues:
-    pieces before the last one are placed for good, the last may still grow. No rasterising."""
-
-    def __init__(self, renderer: Renderer, size: int):
-        self.renderer, self.size = renderer, size
-        self.widths, self.max_lines = renderer._widths_at(size), renderer._max_lines(size)
-        self.state = LineState()  # after every piece that can no longer grow
-        self.open = ""  # the last piece, which the next text may continue
-        self.pending_cr = False  # the text ends in "\r" (a line break if "\n" comes next)
-        self.started = False  # any text at all: "" has no paragraph, so no line
-
-    def copy(self) -> PageFit:
-        other = PageFit.__new__(PageFit)
-        other.__dict__.update(self.__dict__)
-        other.state = self.state.copy()
-        return other
-
-    def _advance(self, state: LineState, text: str) -> None:
-        """Lay out normalized `text` after what `state` and `self.open` hold; the last piece stays open."""
-        for index, paragraph in enumerate(text.split("\n")):
-            if index:
-                if self.open:
-                    self.renderer._place(state, self.open, self.widths)
-                    self.open = ""
-                state.end_paragraph()
-            pieces = _pieces(self.open + paragraph)
-            for piece in pieces[:-1]:
-                self.renderer._place(state, piece, self.widths)
-            self.open = pieces[-1] if pieces else ""
-
-    def extend(self, text: str) -> None:
-        """Append raw text (tabs and CR LF are normalized as `render` normalizes them)."""
-        if not text:
-            return
-        if self.pending_cr:
-            text = "\r" + text
-        self.pending_cr = text.endswith("\r")
-        if self.pending_cr:
-            text = text[:-1]
-        self.started = True
-        self._advance(self.state, self.renderer._normalize(text))
-
-    def fits(self) -> bool:
-        """Whether all the text so far fits (equals `renderer.layout(text, size) is not None`)."""
-        if not self.started:
-            return True
-        trial = self.copy()
-        state = trial.state
-        if trial.pending_cr:
-            trial._advance(state, "\r")
-        if trial.open:
-            self.renderer._place(state, trial.open, self.widths)
-        state.end_paragraph()
-        return not state.broken and len(state.lines) <= self.max_lines
-
-    def fits_with(self, text: str) -> bool:
-        """Whether the text so far followed by `text` would fit; nothing changes."""
-        trial = self.copy()
-        trial.extend(text)
-        return trial.fits()
