@@ -8,7 +8,7 @@ The ratio sweep's setup (`scripts/ratio_sweep.py`): the quickstart-size model fr
 the training essays, rounded, so both read the same number of characters per visual token on
 average. Each model is evaluated on held-out essay chunks of its own policy and of the other's.
 
-    PYTHONPATH=src python scripts/fill_ocr.py --output /tmp/fill-ocr --out benchmarks/fill
+    PYTHONPATH=src:scripts python scripts/fill_ocr.py --output /tmp/fill-ocr --out benchmarks/fill
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def main() -> int:
             print(json.dumps(rows[-1]), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fill_ocr.json").write_text(json.dumps({
-        "command": "PYTHONPATH=src python scripts/fill_ocr.py " + " ".join(sys.argv[1:]),
+        "command": "PYTHONPATH=src:scripts python scripts/fill_ocr.py " + " ".join(sys.argv[1:]),
         "fill_mean_tokens_per_chunk": mean, "fixed_K": K, "min_font_size": args.min_font_size, "rows": rows,
         "loss_curves": {name: run["losses"] for name, run in runs.items()}}, indent=1) + "\n")
     return 0

@@ -116,7 +116,7 @@ def _add_layout(commands) -> None:
                              f"at most {MAX_LAYOUT_TOKENS}")
     parser.add_argument("--query-tokens", type=int, default=19,
                         help=f"sft only: query tokens (default 19, at most {MAX_LAYOUT_TOKENS})")
-    parser.add_argument("--page", default="128x32", help="fill: the page WxH whose fit cuts the chunks (default 128x32)")
+    parser.add_argument("--page", default="128x32", help="fill: the page WxH that chunks fill (default 128x32)")
     add_chunking_flags(parser)
     parser.add_argument("--blind-visual", action="store_true", help="visual blocks do not see their text chunk")
     parser.add_argument("--bidirectional-visual", action="store_true", help="full attention inside a visual block")
@@ -212,7 +212,7 @@ def add_chunking_flags(parser) -> None:
     parser.add_argument("--chunking", choices=("fixed", "fill"),
                         help="fixed: K tokens per chunk; fill: as many tokens as fill the page (default: the model's)")
     parser.add_argument("--min-font-size", type=int,
-                        help="fill: fill pages down to this font size in pixels (default: the model's, else the renderer's)")
+                        help="fill: fill pages down to this font size in pixels (default: the model's)")
     parser.add_argument("--max-chunk-tokens", type=int, help="fill: most tokens per chunk (default 4 x K)")
 
 

@@ -76,7 +76,7 @@ class ChunkConfig:
     a visual block then holds beta tokens."""
 
     chunk_tokens: int = 1024
-    chunking: str = "fixed"  # "fixed": K tokens per chunk | "fill": a chunk closes before the token that would overflow its page
+    chunking: str = "fixed"  # "fixed": K tokens | "fill": closes before the token that would overflow its page
     min_font_size: int = 0  # fill: pages are filled down to this font size; 0 = render.min_font_size
     max_chunk_tokens: int = 0  # fill: most tokens per chunk; 0 = 4 x chunk_tokens
     visual_sees_text: bool = True  # a visual block attends the text chunk it encodes
@@ -125,9 +125,10 @@ class Vist2Config:
         if self.chunk.chunk_tokens < 1:
             raise Vist2Error("chunk.chunk_tokens must be >= 1")
         check_chunking(self.chunk.chunking, self.chunk.min_font_size, self.chunk.max_chunk_tokens, "chunk.")
-        if self.chunk.min_font_size and not self.render.min_font_size <= self.chunk.min_font_size <= self.render.max_font_size:
+        low, high, size = self.render.min_font_size, self.render.max_font_size, self.chunk.min_font_size
+        if size and not low <= size <= high:
             raise Vist2Error(f"chunk.min_font_size must be in [render.min_font_size, render.max_font_size] = "
-                             f"[{self.render.min_font_size}, {self.render.max_font_size}] (or 0), got {self.chunk.min_font_size}")
+                             f"[{low}, {high}] (or 0), got {size}")
 
     @property
     def visual_tokens(self) -> int:

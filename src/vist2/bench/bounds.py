@@ -91,7 +91,9 @@ def forward_steps(mode: str, prompt: PromptShape, response: int, chunk_tokens: i
     for index, length in enumerate(response_chunks):
         last = index == len(response_chunks) - 1
         by_count = length == full
-        fed = length - 1 if last or (by_count and not visual_sees_text) else length  # the last sampled token is never fed back
+        # the last sampled token is never fed back; a chunk closed by its count feeds its last
+        # token only for a visual block that sees it; one closed by its page fed them all
+        fed = length - 1 if last or (by_count and not visual_sees_text) else length
         for _ in range(fed):
             steps.append(Step("decode", 1, cache))
             cache += 1

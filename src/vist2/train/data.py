@@ -134,8 +134,7 @@ class TextStageDataset(torch.utils.data.Dataset):
         self.stage, self.tokenizer, self.chunk, self.beta, self.sees_text = stage, tokenizer, chunk_tokens, beta, sees_text
         self.ocr_replay, self.fill, self.max_length = ocr_replay, fill, max_length
         self.stream = token_stream(tokenizer, texts) if stream is None else stream  # stream: a prepared corpus
-        longest = fill.max_tokens if fill is not None else chunk_tokens
-        self.max_images = max(1, max_length // (longest + beta))  # OCR: (v_i, c_i) pairs that fit
+        self.max_images = max(1, max_length // (chunk_tokens + beta))  # OCR: (v_i, c_i) pairs of K that fit
         if stage == "olm":
             chunks = max(1, (max_length + beta) // (chunk_tokens + beta))  # n text chunks + n-1 visual blocks
             self.window = chunks * chunk_tokens
@@ -168,7 +167,8 @@ class TextStageDataset(torch.utils.data.Dataset):
         pad, fill = self.tokenizer.pad_token_id, self.fill
         olm = self.stage == "olm" and random.Random(index).random() >= self.ocr_replay
         count = images if self.stage == "ocr" else self.max_length  # OLM and OCR replay: as many as fit
-        ids = self.stream[start : start + min(fill.max_tokens * count, self.max_length)].tolist()
+        room = self.max_length - (0 if olm else self.beta)  # so that even one chunk fits max_length
+        ids = self.stream[start : start + min(fill.max_tokens * count, room)].tolist()
         chunks, length = split_chunks(ids, self.chunk, fill), 0
         kept: list[int] = []
         for number, chunk in enumerate(chunks[:count]):
