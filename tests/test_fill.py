@@ -172,3 +172,15 @@ def test_chunking_flag_end_to_end(tmp_path, capsys):
     assert refused.value.code == 2 and "--chunking" in capsys.readouterr().err
     assert main(["train", "--stage", "ocr", "--data", str(data), "--output", str(tmp_path / "bad"), "--preset",
                  "tiny", "--chunking", "fill", "--page-tokens", "8"]) == 2
+
+
+def test_eval_rows_report_the_measured_ratio_under_fill():
+    from vist2.eval.runner import summarize
+
+    records = [{"task": "t", "length": 100, "mode": mode, "scores": {"score": 50.0},
+                "stats": {"kv_tokens_peak": 1, "kv_tokens_full_text": 2, "time_to_first_token_s": 0.1,
+                          "tokens_per_visual_token": tokens}}
+               for mode, tokens in (("gcc", 2.0), ("gcc", 3.0), ("text", 0.0))]
+    ratios = {row.mode: row.ratio for row in summarize("x", records, None)}
+    assert ratios == {"gcc": 2.5, "text": None}
+    assert {row.mode: row.ratio for row in summarize("x", records, 4.0)}["gcc"] == 4.0
