@@ -21,7 +21,7 @@ from vist2.verify import verify
 TOKENIZER = byte_tokenizer()
 RENDERER = Renderer(RenderConfig(width=128, height=32))  # the tiny preset's page
 SCRIPTS = ["The quick brown fox, jumps. ", "中文渲染测试，每个字。", "Привет мир ", "مرحبا بالعالم ", "😀🎉 ",
-           "def f(x):\n\treturn x\r\n", "\x00\x07 ", "  \n\n", "W" * 30, "iiiii lll "]
+           "def f(x):\n\treturn x\r\n", "\x00\x07 ", "  \n\n", "W" * 30, "iiiii lll ", "abcdefghij" * 12]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -11,7 +11,7 @@ word it continues, so generation can ask after every token. No rasterising.
 
 from __future__ import annotations
 
-from vist2.render import LineState, Renderer, _pieces
+from vist2.render import LineState, Renderer, _kind, _pieces
 
 
 class PageFit:
@@ -25,6 +25,7 @@ class PageFit:
         self.state = LineState()  # after every piece that can no longer grow
         self.open = ""  # the last piece, which the next text may continue
         self.pending_cr = False  # the text ends in "\r" (a line break if "\n" comes next)
+        self.by_chars = False  # the last piece, wider than a line, is placed: more of it goes by characters
         self.started = False  # any text at all: "" has no paragraph, so no line
 
     def copy(self) -> PageFit:
@@ -34,17 +35,28 @@ class PageFit:
         return other
 
     def _advance(self, state: LineState, text: str) -> None:
-        """Lay out normalized `text` after what `state` and `self.open` hold; the last piece stays open."""
+        """Lay out normalized `text` after what `state` and `self.open` hold; the last piece stays
+        open, unless it is a word wider than a line: `_place` breaks such a word by characters,
+        greedily, so its placed part never moves and the rest follows character by character."""
         for index, paragraph in enumerate(text.split("\n")):
             if index:
                 if self.open:
                     self.renderer._place(state, self.open, self.widths)
                     self.open = ""
+                self.by_chars = False
                 state.end_paragraph()
+            if self.by_chars:
+                lead = next((i for i, c in enumerate(paragraph) if _kind(c) != "word"), len(paragraph))
+                self.renderer._place_chars(state, paragraph[:lead], self.widths)
+                paragraph, self.by_chars = paragraph[lead:], lead == len(paragraph)
             pieces = _pieces(self.open + paragraph)
             for piece in pieces[:-1]:
                 self.renderer._place(state, piece, self.widths)
             self.open = pieces[-1] if pieces else ""
+            if self.open and _kind(self.open[0]) == "word" and \
+                    sum(map(self.widths.__getitem__, self.open)) > self.renderer.text_width:
+                self.renderer._place(state, self.open, self.widths)
+                self.open, self.by_chars = "", True
 
     def extend(self, text: str) -> None:
         """Append raw text (tabs and CR LF are normalized as `render` normalizes them)."""

@@ -232,7 +232,11 @@ class Renderer:
             if width <= self.text_width:
                 state.line, state.x = piece, width
                 return
-        for char in piece:  # a piece wider than a whole line: break it by characters
+        self._place_chars(state, piece, widths)  # a piece wider than a whole line: break it by characters
+
+    def _place_chars(self, state: LineState, chars: str, widths: _GlyphWidths) -> None:
+        """Greedy breaking by characters (a piece wider than a line)."""
+        for char in chars:
             char_width = widths[char]
             if char_width > self.text_width:
                 state.broken = True
