@@ -119,11 +119,6 @@ class Request:
             self.finished = True
         return added
 
-    @property
-    def chunk(self) -> list[int]:
-        """The current response chunk (gcc)."""
-        return self.chunker.chunk
-
     def overflows(self, token: int) -> bool:
         """gcc fill: this token's text would overflow the chunk's page. The token is then not
         taken (its kept logits are dropped): the chunk is compressed and the next step picks
