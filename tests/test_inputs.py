@@ -152,7 +152,7 @@ def test_streaming_into_a_closed_pipe_ends_quietly(monkeypatch, capsys):
         def flush(self):
             pass
 
-    monkeypatch.setattr(vist2.generate, "stream", lambda *args: iter(["a", "b"]))
+    monkeypatch.setattr(vist2.generate, "stream", lambda *args, **kwargs: iter(["a", "b"]))
     monkeypatch.setattr("sys.stdout", ClosedPipe())
     assert main(GEN) == 141  # like a shell's SIGPIPE exit, with nothing printed
     assert capsys.readouterr().err == ""

@@ -1,14 +1,98 @@
-"""Cut token ids into chunks of K, apply the tail rule, and find the text each chunk renders.
+"""Cut token ids into chunks, apply the tail rule, and find the text each chunk renders.
 
-Tail rule (DESIGN sections 3 and 4): full chunks of K tokens are compressed; a residual of
-m tokens is compressed too only if m > beta (visual tokens per chunk), otherwise it stays
-as raw text, since its image would cost more tokens than the text itself.
+Two policies. fixed: chunks of K tokens. fill: a chunk closes before the token whose text
+would no longer fit its page at the fill font size (`pagefit.PageFit`), or at max_tokens;
+the rule looks at no later token, so generation applies it as it goes (`Chunker`): a row
+whose next token would overflow its page compresses the chunk first and picks again.
+
+Tail rule (DESIGN sections 3 and 4): full chunks (K tokens; fill: closed by a full page or
+max_tokens) are compressed; a residual of m tokens is compressed too only if m > beta
+(visual tokens per chunk), otherwise it stays raw text, since its image would cost more
+tokens than the text itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 from vist2.errors import Vist2Error
 from vist2.tokenizer import token_bytes
+
+
+@dataclass(frozen=True)
+class Fill:
+    """The fill policy: `new_fit()` is an empty incremental page fit (`Renderer.page_fit`)."""
+
+    tokenizer: object
+    new_fit: Callable
+    max_tokens: int
+    token_bytes: dict = field(default_factory=dict, compare=False, repr=False)  # id -> bytes, filled on use
+
+    def bytes_of(self, token: int) -> bytes:
+        if token not in self.token_bytes:
+            self.token_bytes[token] = token_bytes(self.tokenizer, [token])[0]
+        return self.token_bytes[token]
+
+
+class Chunker:
+    """Where the chunks of one token stream close, a token at a time (both policies)."""
+
+    def __init__(self, tokenizer, chunk_tokens: int, fill: Fill | None = None):
+        self.pages, self.chunk_tokens, self.fill = PageTexts(tokenizer), chunk_tokens, fill
+        self.chunk: list[int] = []
+        self._start_page()
+
+    def _start_page(self) -> None:
+        self.data = self.pages.pending  # the page's bytes so far (those carried over included)
+        self.text = ""  # their complete characters, as the page will show them
+        self.fit = self.fill.new_fit() if self.fill else None
+
+    def _text_with(self, token: int) -> tuple[bytes, str]:
+        data = self.data + self.fill.bytes_of(token)
+        return data, data[: complete_prefix(data)].decode("utf-8", errors="replace")
+
+    def overflows(self, token: int) -> bool:
+        """fill: the chunk holds tokens and its page would not hold this token's text too."""
+        if self.fit is None or not self.chunk:
+            return False
+        _, text = self._text_with(token)
+        if text.startswith(self.text):
+            return not self.fit.fits_with(text[len(self.text):])
+        fit = self.fill.new_fit()
+        fit.extend(text)
+        return not fit.fits()
+
+    def add(self, token: int) -> bool:
+        """Append a token to the chunk; True when the chunk is complete (K tokens, or max_tokens in fill)."""
+        self.chunk.append(token)
+        if self.fit is not None:
+            self.data, text = self._text_with(token)
+            if not text.startswith(self.text):  # invalid UTF-8 decoded differently once completed
+                self.fit = self.fill.new_fit()
+                self.text = ""
+            self.fit.extend(text[len(self.text):])
+            self.text = text
+        return len(self.chunk) == (self.fill.max_tokens if self.fill else self.chunk_tokens)
+
+    def close(self, last: bool = False) -> tuple[list[int], str]:
+        """The finished chunk and its page text (`PageTexts`); the next chunk starts empty."""
+        chunk, self.chunk = self.chunk, []
+        text = self.pages.next(chunk, last)
+        self._start_page()
+        return chunk, text
+
+    def cut(self, ids: list[int]) -> list[list[int]]:
+        """All of `ids` as chunks (the last one may be open)."""
+        chunks = []
+        for token in ids:
+            if self.overflows(token):
+                chunks.append(self.close()[0])
+            if self.add(token):
+                chunks.append(self.close()[0])
+        if self.chunk:
+            chunks.append(self.chunk)
+        return chunks
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -16,18 +100,22 @@ def _check_positive(name: str, value: int) -> None:
         raise Vist2Error(f"{name} must be a positive integer, got {value!r}")
 
 
-def split_chunks(ids: list[int], chunk_tokens: int) -> list[list[int]]:
-    """Consecutive chunks of chunk_tokens ids; the last one may be shorter."""
+def split_chunks(ids: list[int], chunk_tokens: int, fill: Fill | None = None) -> list[list[int]]:
+    """Consecutive chunks of chunk_tokens ids (fill: as many as fill a page); the last one may be shorter."""
     _check_positive("chunk_tokens", chunk_tokens)
     ids = list(ids)
+    if fill is not None:
+        return Chunker(fill.tokenizer, chunk_tokens, fill).cut(ids)
     return [ids[start : start + chunk_tokens] for start in range(0, len(ids), chunk_tokens)]
 
 
-def split_compressed(ids: list[int], chunk_tokens: int, visual_tokens: int) -> tuple[list[list[int]], list[int]]:
+def split_compressed(ids: list[int], chunk_tokens: int, visual_tokens: int,
+                     fill: Fill | None = None) -> tuple[list[list[int]], list[int]]:
     """(chunks to compress, raw tail): a residual of m tokens is compressed only if m > visual_tokens."""
     _check_positive("visual_tokens", visual_tokens)
-    chunks = split_chunks(ids, chunk_tokens)
-    if chunks and len(chunks[-1]) < chunk_tokens and len(chunks[-1]) <= visual_tokens:
+    chunks = split_chunks(ids, chunk_tokens, fill)
+    full = fill.max_tokens if fill is not None else chunk_tokens
+    if chunks and len(chunks[-1]) < full and len(chunks[-1]) <= visual_tokens:
         return chunks[:-1], chunks[-1]
     return chunks, []
 

@@ -116,6 +116,8 @@ def _add_layout(commands) -> None:
                              f"at most {MAX_LAYOUT_TOKENS}")
     parser.add_argument("--query-tokens", type=int, default=19,
                         help=f"sft only: query tokens (default 19, at most {MAX_LAYOUT_TOKENS})")
+    parser.add_argument("--page", default="128x32", help="fill: the page WxH that chunks fill (default 128x32)")
+    add_chunking_flags(parser)
     parser.add_argument("--blind-visual", action="store_true", help="visual blocks do not see their text chunk")
     parser.add_argument("--bidirectional-visual", action="store_true", help="full attention inside a visual block")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -136,18 +138,19 @@ def _layout(args) -> int:
             raise Vist2Error(f"--{name.replace('_', '-')} must be in [{low}, {MAX_LAYOUT_TOKENS}], got {value}")
     if args.png:
         writable_file(args.png, "--png")
-    tokenizer = byte_tokenizer()  # one token per ASCII character, so counts are exact
-    ids = tokenizer.encode("x" * args.tokens, add_special_tokens=False)
+    tokenizer = byte_tokenizer()  # one token per byte, so counts are exact
+    ids = tokenizer.encode(LAYOUT_TEXT * (1 + args.tokens // len(LAYOUT_TEXT)), add_special_tokens=False)[: args.tokens]
     pad, K, beta = tokenizer.pad_token_id, args.chunk_tokens, args.visual_tokens
+    fill = _layout_fill(args, tokenizer)
     if args.stage == "captioning":
         example = stages.captioning("caption image", ids, beta, pad)
     elif args.stage == "ocr":
-        example = stages.ocr(tokenizer, ids, K, beta, pad)
+        example = stages.ocr(tokenizer, ids, K, beta, pad, fill=fill)
     elif args.stage == "olm":
-        example = stages.olm(tokenizer, ids, K, beta, pad, sees_text=not args.blind_visual)
+        example = stages.olm(tokenizer, ids, K, beta, pad, sees_text=not args.blind_visual, fill=fill)
     else:
         query = tokenizer.encode("q" * args.query_tokens, add_special_tokens=False)
-        example = stages.sft(tokenizer, query, ids, K, beta, pad, sees_text=not args.blind_visual)
+        example = stages.sft(tokenizer, query, ids, K, beta, pad, sees_text=not args.blind_visual, fill=fill)
     description = L.describe(example.layout, args.bidirectional_visual)
     if args.png:
         L.draw_mask(example.layout, args.png, args.bidirectional_visual)
@@ -163,6 +166,22 @@ def _layout(args) -> int:
     for row in description["mask"]:
         print("".join("#" if allowed else "." for allowed in row))
     return 0
+
+
+LAYOUT_TEXT = "Fill: 每页装满 as many tokens as fit, 中文字宽一倍. "  # widths vary, so chunk lengths vary
+
+
+def _layout_fill(args, tokenizer):
+    """fill: the policy on a page of --page at --min-font-size (None for fixed)."""
+    from vist2.options import ChunkOptions
+    from vist2.render import RenderConfig, Renderer
+
+    if (args.chunking or "fixed") == "fixed":
+        return None
+    width, height = _page_size(args.page)
+    options = ChunkOptions(args.chunk_tokens, args.visual_tokens, True, False, args.chunking,
+                           args.min_font_size or 0, args.max_chunk_tokens or 0)
+    return options.fill(Renderer(RenderConfig(width=width, height=height)), tokenizer)
 
 
 def _add_train(commands) -> None:
@@ -188,6 +207,20 @@ def _train(args) -> int:
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
     print(f"trained {result.steps} steps in {result.seconds:.0f} s{last}; model saved to {result.final}")
     return 0
+
+
+def add_chunking_flags(parser) -> None:
+    """--chunking, --min-font-size, --max-chunk-tokens (generate, train, eval, bench, verify, layout)."""
+    parser.add_argument("--chunking", choices=("fixed", "fill"),
+                        help="fixed: K tokens per chunk; fill: as many tokens as fill the page (default: the model's)")
+    parser.add_argument("--min-font-size", type=int,
+                        help="fill: fill pages down to this font size in pixels (default: the model's)")
+    parser.add_argument("--max-chunk-tokens", type=int, help="fill: most tokens per chunk (default 4 x K)")
+
+
+def chunking_args(args) -> dict:
+    """The chunk_options keywords the flags of `add_chunking_flags` give (None = not given)."""
+    return {name: getattr(args, name, None) for name in ("chunking", "min_font_size", "max_chunk_tokens")}
 
 
 def add_debug_flag(parser) -> None:
@@ -239,6 +272,7 @@ def _add_generate(commands) -> None:
     prompt.add_argument("--prompt-file", help="read the user query from this UTF-8 file")
     parser.add_argument("--mode", default="gcc", help="gcc (VIST2), pcc (query compressed) or text (default gcc)")
     add_generation_options(parser)
+    add_chunking_flags(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object: text, mode, stats")
     parser.set_defaults(run=_generate)
 
@@ -247,6 +281,7 @@ def _generate(args) -> int:
     import json
 
     from vist2.generate import generate, load_model, stream
+    from vist2.options import chunk_options
 
     prompt = args.prompt if args.prompt_file is None else read_text(args.prompt_file, "--prompt-file")
     config = generation_config(args, args.mode, args.max_new_tokens)
@@ -254,11 +289,12 @@ def _generate(args) -> int:
         raise Vist2Error("the prompt is empty")
     check_device(args.device)
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device)
+    options = chunk_options(model, **chunking_args(args))
     if args.json:
-        result = generate(model, tokenizer, prompt, config)
+        result = generate(model, tokenizer, prompt, config, options=options)
         print(json.dumps({"text": result.text, "mode": result.mode, "stats": result.stats.as_dict()}))
     else:
-        for piece in stream(model, tokenizer, prompt, config):
+        for piece in stream(model, tokenizer, prompt, config, options=options):
             print(piece, end="", flush=True)
         print()
     return 0
@@ -269,6 +305,7 @@ def _add_verify(commands) -> None:
     add_model_source(parser)
     parser.add_argument("--tolerance", type=float, help="largest allowed |logit difference| (default: 1e-4 in fp32)")
     parser.add_argument("--chunk-tokens", type=int, help="check with this K instead of the model's (shorter runs)")
+    add_chunking_flags(parser)
     parser.set_defaults(run=_verify)
 
 
@@ -283,7 +320,7 @@ def _verify(args) -> int:
         raise Vist2Error(f"--chunk-tokens must be >= 1, got {args.chunk_tokens}")
     check_device(args.device)
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device)
-    options = chunk_options(model, chunk_tokens=args.chunk_tokens)
+    options = chunk_options(model, chunk_tokens=args.chunk_tokens, **chunking_args(args))
     limit = args.tolerance if args.tolerance is not None else tolerance(model)
     worst = verify(model, tokenizer, seed=args.seed, options=options)
     verdict = "ok" if worst <= limit else "FAILED"
@@ -305,6 +342,7 @@ def _add_bench(commands) -> None:
                         help="count FLOPs on the generation itself up to this many forwards; beyond, "
                         "on the meta device (FlopCounterMode slows a forward ~10x; default 1500)")
     parser.add_argument("--chunk-tokens", type=integer(1), help="K for this run (default: the model's)")
+    add_chunking_flags(parser)
     parser.add_argument("--page", help="override the page size WxH (beta = W/16s * H/16s), e.g. 256x256")
     parser.add_argument("--max-positions", type=integer(1),
                         help="override the preset LLM's max_position_embeddings (random-weight presets only)")
@@ -359,7 +397,7 @@ def _bench(args) -> int:
     model = tokenizer = options = None
     if grid:
         model, tokenizer = _bench_model(args)
-        options = chunk_options(model, chunk_tokens=args.chunk_tokens)
+        options = chunk_options(model, chunk_tokens=args.chunk_tokens, **chunking_args(args))
     arguments = {k: v for k, v in vars(args).items() if k not in ("run", "command_line")}
     bench(model, tokenizer, grid, args.repeats, out, args.name, paper or [],
           cases(args.scenario, None, 1.0) if paper else [], args.command_line, arguments, args.count_limit,

@@ -16,6 +16,7 @@ from vist2.render import RenderConfig
 
 VISION_TYPES = ("siglip_vision_model", "siglip2_vision_model")
 ATTENTION = ("sdpa", "flex_attention", "eager")
+CHUNKING = ("fixed", "fill")
 _TYPES = {"int": int, "bool": bool, "str": str, "str | None": (str, type(None)), "dict[str, Any]": dict}
 
 
@@ -71,11 +72,24 @@ class LLMConfig:
 
 @dataclass(frozen=True)
 class ChunkConfig:
-    """How text is cut: K tokens per chunk; a visual block then holds beta tokens."""
+    """How text is cut: K tokens per chunk (`fixed`), or as many as fill the page (`fill`);
+    a visual block then holds beta tokens."""
 
     chunk_tokens: int = 1024
+    chunking: str = "fixed"  # "fixed": K tokens | "fill": closes before the token that would overflow its page
+    min_font_size: int = 0  # fill: pages are filled down to this font size; 0 = render.min_font_size
+    max_chunk_tokens: int = 0  # fill: most tokens per chunk; 0 = 4 x chunk_tokens
     visual_sees_text: bool = True  # a visual block attends the text chunk it encodes
     bidirectional_visual: bool = False  # attention inside a visual block
+
+
+def check_chunking(chunking: str, min_font_size: int, max_chunk_tokens: int, prefix: str = "") -> None:
+    """The chunking policy's fields (0 = the default for both numbers)."""
+    if chunking not in CHUNKING:
+        raise Vist2Error(f"{prefix}chunking must be one of {', '.join(CHUNKING)}, got {chunking!r}")
+    for name, value in (("min_font_size", min_font_size), ("max_chunk_tokens", max_chunk_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise Vist2Error(f"{prefix}{name} must be an integer >= 0 (0 = the default), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -110,6 +124,11 @@ class Vist2Config:
             raise Vist2Error("SigLIP (v1) needs square pages; use siglip2_vision_model for other shapes")
         if self.chunk.chunk_tokens < 1:
             raise Vist2Error("chunk.chunk_tokens must be >= 1")
+        check_chunking(self.chunk.chunking, self.chunk.min_font_size, self.chunk.max_chunk_tokens, "chunk.")
+        low, high, size = self.render.min_font_size, self.render.max_font_size, self.chunk.min_font_size
+        if size and not low <= size <= high:
+            raise Vist2Error(f"chunk.min_font_size must be in [render.min_font_size, render.max_font_size] = "
+                             f"[{low}, {high}] (or 0), got {size}")
 
     @property
     def visual_tokens(self) -> int:

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 import torch
 
 from vist2 import decode
-from vist2.chunking import PageTexts
+from vist2.chunking import Chunker
 from vist2.errors import Vist2Error
 from vist2.kvstore import KVStore
 from vist2.options import ChunkOptions, chunk_options
-from vist2.prompt import build_prompt, changes, chunk_pages
+from vist2.prompt import build_prompt
 from vist2.request import Request, stop_ids
 
 
@@ -88,14 +88,15 @@ class Engine:
         if options.beta != self.options.beta:
             raise Vist2Error(f"beta {options.beta} differs from this engine's page ({self.options.beta} tokens)")
         ids = self._query_ids(query)
+        fill = options.fill(self.renderer, self.tokenizer)
         prompt = build_prompt(self.tokenizer, ids, config.mode, options.chunk_tokens, options.beta,
-                              self.renderer.fits)
+                              self.renderer.fits, fill)
         request = Request(next(self._ids), prompt, config, options, forced, keep_logits)
         request.check_positions(self.model.llm.config)
         request.stop_ids = set() if config.ignore_eos or forced is not None else self._stop_ids
         if config.seed is not None:
             request.generator = torch.Generator(device=self.model.device).manual_seed(config.seed)
-        request.pages = PageTexts(self.tokenizer)
+        request.chunker = Chunker(self.tokenizer, options.chunk_tokens, fill)
         with self._lock:
             self.waiting.append(request)
         return request
@@ -129,6 +130,10 @@ class Engine:
         tokens = self._choose()
         feed, complete = [], []
         for request, token in zip(list(self.rows), tokens):
+            if request.overflows(token):  # fill: compress the full page first, then pick again
+                complete.append((request, Event(request, [])))
+                events.append(complete[-1][1])
+                continue
             event = Event(request, request.accept(token, self.tokenizer))
             events.append(event)
             if request.finished:
@@ -137,8 +142,7 @@ class Engine:
             if request.config.mode != "gcc":
                 feed.append(request)
                 continue
-            request.chunk.append(token)
-            done = len(request.chunk) == request.options.chunk_tokens
+            done = request.add_to_chunk(token)
             if not done or request.options.visual_sees_text:  # else nothing will ever see it
                 feed.append(request)
             if done:
@@ -232,11 +236,7 @@ class Engine:
         """Finished chunks -> visual blocks, one forward per group of rows alike in shape and options."""
         groups: dict[tuple, list] = {}
         for request, event in complete:
-            text = request.pages.next(request.chunk)
-            event.pages = chunk_pages(text, self.renderer.fits)
-            refit, split = changes([text], [event.pages])
-            request.stats.pages_refit += refit
-            request.stats.chunks_split += split
+            event.pages = request.close_chunk(self.renderer.fits)
             key = (len(event.pages), request.options.visual_sees_text, request.options.bidirectional_visual)
             groups.setdefault(key, []).append((request, event))
         for (pages, sees_text, bidirectional), members in groups.items():
@@ -250,7 +250,6 @@ class Engine:
                 request.measure(self.kv, evicted=request.offset)
                 request.base += visual.shape[1]
                 request.offset = 0
-                request.chunk = []
                 request.stats.chunks_compressed += 1
 
     def _encode(self, texts: list[str], rows: list[Request]) -> torch.Tensor:

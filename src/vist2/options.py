@@ -7,8 +7,15 @@ free: it is the number of visual tokens the encoder makes of one page of the ren
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from vist2.config import check_chunking
 from vist2.errors import Vist2Error
+
+if TYPE_CHECKING:
+    from vist2.chunking import Fill
+
+FILL_MAX_FACTOR = 4  # fill: max_chunk_tokens 0 = this many times chunk_tokens
 
 
 @dataclass(frozen=True)
@@ -17,12 +24,25 @@ class ChunkOptions:
     beta: int  # visual tokens per page
     visual_sees_text: bool  # a visual block attends the text chunk it encodes
     bidirectional_visual: bool  # attention inside a visual block
+    chunking: str = "fixed"  # "fixed": K tokens per chunk | "fill": as many as fill the page
+    min_font_size: int = 0  # fill: pages are filled down to this size; 0 = the renderer's min_font_size
+    max_chunk_tokens: int = 0  # fill: most tokens per chunk; 0 = FILL_MAX_FACTOR x chunk_tokens
 
     def __post_init__(self) -> None:
         for name in ("chunk_tokens", "beta"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise Vist2Error(f"{name} must be a positive integer, got {value!r}")
+        check_chunking(self.chunking, self.min_font_size, self.max_chunk_tokens)
+
+    def fill(self, renderer, tokenizer) -> Fill | None:
+        """The fill policy for pages of this renderer (None for fixed K)."""
+        from vist2.chunking import Fill
+
+        if self.chunking == "fixed":
+            return None
+        fit = renderer.page_fit(self.min_font_size or None)
+        return Fill(tokenizer, fit.copy, self.max_chunk_tokens or FILL_MAX_FACTOR * self.chunk_tokens)
 
 
 def page_tokens(model, render_config) -> int:
@@ -35,13 +55,18 @@ def page_tokens(model, render_config) -> int:
 
 
 def chunk_options(model, renderer=None, chunk_tokens: int | None = None, visual_sees_text: bool | None = None,
-                  bidirectional_visual: bool | None = None) -> ChunkOptions:
+                  bidirectional_visual: bool | None = None, chunking: str | None = None,
+                  min_font_size: int | None = None, max_chunk_tokens: int | None = None) -> ChunkOptions:
     """The model's chunk options with any of them given here instead; beta from the renderer's page."""
     chunk = model.config.chunk
     render_config = renderer.config if renderer is not None else model.config.render
+    given = lambda value, default: default if value is None else value  # noqa: E731
     return ChunkOptions(
-        chunk.chunk_tokens if chunk_tokens is None else chunk_tokens,
+        given(chunk_tokens, chunk.chunk_tokens),
         page_tokens(model, render_config),
-        chunk.visual_sees_text if visual_sees_text is None else visual_sees_text,
-        chunk.bidirectional_visual if bidirectional_visual is None else bidirectional_visual,
+        given(visual_sees_text, chunk.visual_sees_text),
+        given(bidirectional_visual, chunk.bidirectional_visual),
+        given(chunking, chunk.chunking),
+        given(min_font_size, chunk.min_font_size),
+        given(max_chunk_tokens, chunk.max_chunk_tokens),
     )

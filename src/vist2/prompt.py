@@ -1,8 +1,9 @@
 """The compressed-query prompt: one builder for training (`stages.sft`), `verify` and generation.
 
 A prompt is the ChatML user turn, then the assistant prefix. In pcc and gcc the query is
-compressed by the tail rule (`chunking.split_compressed`): its chunks of K tokens, and a
-residual longer than beta, become pages; a shorter residual stays text.
+compressed by the tail rule (`chunking.split_compressed`): its chunks (K tokens, or as many
+as fill a page with `fill`), and a residual longer than beta, become pages; a shorter
+residual stays text.
 
 Page rule (`chunk_pages`, for query and response chunks alike): a chunk whose text does not
 fit one page (the renderer's fit rule, `Renderer.fits`) is drawn with its line breaks as
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vist2.chunking import chunk_texts, split_compressed
+from vist2.chunking import Fill, chunk_texts, split_chunks, split_compressed
 from vist2.errors import Vist2Error
 
 Fits = Callable[[str], bool] | None  # None: every page fits (no renderer at hand)
@@ -78,6 +79,8 @@ class Prompt:
     context_ids: list[int]  # raw ids seen by the repetition penalty and n-gram ban
     pages_refit: int = 0  # query chunks drawn with line breaks as spaces (see `chunk_pages`)
     chunks_split: int = 0  # query chunks spread over more than one page
+    chunk_lengths: tuple[int, ...] = ()  # tokens of each compressed query chunk
+    chunk_chars: int = 0  # characters on the query's pages
 
     @property
     def pages(self) -> list[str]:
@@ -85,23 +88,26 @@ class Prompt:
 
 
 def build_prompt(tokenizer, query_ids: list[int], mode: str, chunk_tokens: int, beta: int,
-                 fits: Fits = None) -> Prompt:
-    """The prompt of `mode`: text keeps the query as text; pcc and gcc compress it."""
+                 fits: Fits = None, fill: Fill | None = None) -> Prompt:
+    """The prompt of `mode`: text keeps the query as text; pcc and gcc compress it (fill: `chunking.Fill`)."""
     user, assistant, _ = chat_parts(tokenizer)
     full = user + list(query_ids) + assistant
     if mode == "text":
         return Prompt((("text", full),), len(full), len(full), full)
-    chunks, tail = split_compressed(query_ids, chunk_tokens, beta)
+    chunks, tail = split_compressed(query_ids, chunk_tokens, beta, fill)
     texts = chunk_texts(tokenizer, chunks)
     per_chunk = split_pages(texts, fits)
     pages = [page for chunk in per_chunk for page in chunk]
     segments = (("text", user), ("pages", pages), ("text", tail + assistant))
     segments = tuple(s for s in segments if s[1])
     positions = len(user) + len(pages) * beta + len(tail) + len(assistant)
-    return Prompt(segments, positions, len(full), full, *changes(texts, per_chunk))
+    return Prompt(segments, positions, len(full), full, *changes(texts, per_chunk),
+                  tuple(map(len, chunks)), sum(map(len, texts)))
 
 
-def response_positions(response_tokens: int, chunk_tokens: int, beta: int) -> int:
-    """Positions an interleaved response takes when every chunk but the last fits one page."""
-    chunks = -(-response_tokens // chunk_tokens)
+def response_positions(response_tokens: int, chunk_tokens: int, beta: int, ids: list[int] | None = None,
+                       fill: Fill | None = None) -> int:
+    """Positions an interleaved response takes when every chunk but the last fits one page
+    (fill: the chunks of `ids`, the response's tokens)."""
+    chunks = len(split_chunks(ids, chunk_tokens, fill)) if fill is not None else -(-response_tokens // chunk_tokens)
     return response_tokens + max(chunks - 1, 0) * beta

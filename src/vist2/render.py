@@ -204,38 +204,57 @@ class Renderer:
 
     def _layout(self, paragraphs: list[list[str]], size: int) -> list[str] | None:
         max_lines, widths = self._max_lines(size), self._widths_at(size)
-        lines: list[str] = []
+        state = LineState()
         for pieces in paragraphs:
-            first_line = len(lines)
-            line, x = "", 0.0
             for piece in pieces:
-                if len(lines) > max_lines:
+                if len(state.lines) > max_lines:
                     return None
-                width = sum(map(widths.__getitem__, piece))
-                if x + width <= self.text_width:
-                    line, x = line + piece, x + width
-                    continue
-                if line:
-                    lines.append(line)
-                    line, x = "", 0.0
-                    if piece[0] == " ":  # the line break replaces the space
-                        continue
-                    if width <= self.text_width:
-                        line, x = piece, width
-                        continue
-                for char in piece:  # a piece wider than a whole line: break it by characters
-                    char_width = widths[char]
-                    if char_width > self.text_width:
-                        return None
-                    if line and x + char_width > self.text_width:
-                        lines.append(line)
-                        line, x = "", 0.0
-                    line, x = line + char, x + char_width
-            if line or len(lines) == first_line:
-                lines.append(line)
-            if len(lines) > max_lines:
+                self._place(state, piece, widths)
+                if state.broken:
+                    return None
+            state.end_paragraph()
+            if len(state.lines) > max_lines:
                 return None
-        return lines
+        return state.lines
+
+    def _place(self, state: LineState, piece: str, widths: _GlyphWidths) -> None:
+        """Greedy line breaking of one unbreakable piece: the one rule that drawing (`render`)
+        and fitting (`fits`, `PageFit`) share, so they can never disagree."""
+        width = sum(map(widths.__getitem__, piece))
+        if state.x + width <= self.text_width:
+            state.line, state.x = state.line + piece, state.x + width
+            return
+        if state.line:
+            state.lines.append(state.line)
+            state.line, state.x = "", 0.0
+            if piece[0] == " ":  # the line break replaces the space
+                return
+            if width <= self.text_width:
+                state.line, state.x = piece, width
+                return
+        self._place_chars(state, piece, widths)  # a piece wider than a whole line: break it by characters
+
+    def _place_chars(self, state: LineState, chars: str, widths: _GlyphWidths) -> None:
+        """Greedy breaking by characters (a piece wider than a line)."""
+        for char in chars:
+            char_width = widths[char]
+            if char_width > self.text_width:
+                state.broken = True
+                return
+            if state.line and state.x + char_width > self.text_width:
+                state.lines.append(state.line)
+                state.line, state.x = "", 0.0
+            state.line, state.x = state.line + char, state.x + char_width
+
+    def page_fit(self, size: int | None = None):
+        """An incremental fit test at `size` (default: min_font_size) for text that grows token by token."""
+        size = self.config.min_font_size if size is None else size
+        if not self.config.min_font_size <= size <= self.largest_size:
+            raise Vist2Error(f"min_font_size {size} is outside this renderer's sizes "
+                             f"[{self.config.min_font_size}, {self.largest_size}]")
+        from vist2.pagefit import PageFit
+
+        return PageFit(self, size)
 
     def _fit(self, text: str) -> tuple[int, list[str]]:
         """Largest font size at which the text fits, with its lines (binary search)."""
@@ -315,3 +334,26 @@ class Renderer:
             return torch.empty(0, 1, self.config.height, self.config.width)
         pixels = np.stack([np.asarray(self.render(text).image) for text in texts])
         return torch.from_numpy(pixels).float().div_(255).unsqueeze(1)
+
+
+class LineState:
+    """Where greedy line breaking stands: finished lines, the current line and its width."""
+
+    __slots__ = ("lines", "line", "x", "first_line", "broken")
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.line, self.x = "", 0.0
+        self.first_line = 0  # index of the current paragraph's first line
+        self.broken = False  # a character wider than a whole line was met: nothing fits
+
+    def copy(self) -> LineState:
+        other = LineState()
+        other.lines, other.line, other.x = list(self.lines), self.line, self.x
+        other.first_line, other.broken = self.first_line, self.broken
+        return other
+
+    def end_paragraph(self) -> None:
+        if self.line or len(self.lines) == self.first_line:  # an empty paragraph still takes a line
+            self.lines.append(self.line)
+        self.line, self.x, self.first_line = "", 0.0, len(self.lines)

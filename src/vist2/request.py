@@ -9,7 +9,7 @@ import torch
 
 from vist2.errors import Vist2Error
 from vist2.options import ChunkOptions
-from vist2.prompt import Prompt
+from vist2.prompt import Prompt, changes, chunk_pages
 
 
 @dataclass
@@ -27,6 +27,9 @@ class GenerationStats:
     encode_s: float = 0.0  # vision tower + aligner, included in the above
     pages_refit: int = 0  # chunks (query or response) drawn with line breaks as spaces to fit a page
     chunks_split: int = 0  # chunks whose text fits no page even so, spread over more pages (prompt.chunk_pages)
+    chunk_lengths: list[int] = field(default_factory=list)  # tokens of each compressed chunk, query then response
+    chars_per_visual_token: float = 0.0  # characters on all compressed pages / their visual tokens
+    tokens_per_visual_token: float = 0.0  # tokens of all compressed chunks / their visual tokens
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -64,11 +67,10 @@ class Request:
     stats: GenerationStats = field(default_factory=GenerationStats)
     stop_ids: set[int] = field(default_factory=set)
     generator: torch.Generator | None = None
-    pages: object = None  # a PageTexts: the text of each response chunk's page
+    chunker: object = None  # a chunking.Chunker: where response chunks close (gcc), and their page text
     slot: int = -1
     base: int = 0  # next persistent position
     offset: int = 0  # transient chunk tokens in the cache, on top of `base`
-    chunk: list[int] = field(default_factory=list)  # the current response chunk (gcc)
     output: list[int] = field(default_factory=list)
     logits: torch.Tensor | None = None  # (V,) fp32 logits of the next token
     kept: list[torch.Tensor] = field(default_factory=list)
@@ -84,6 +86,7 @@ class Request:
                              and config.no_repeat_ngram_size == 0)
         self.steps = len(self.forced) if self.forced is not None else config.max_new_tokens
         self.longest_stop = max((len(s) for s in config.stop_strings), default=0)
+        self._chars = self._pages = 0  # characters and pages of the response's compressed chunks
 
     def check_positions(self, llm_config) -> None:
         limit = getattr(llm_config, "max_position_embeddings", None)
@@ -116,6 +119,32 @@ class Request:
             self.finished = True
         return added
 
+    def overflows(self, token: int) -> bool:
+        """gcc fill: this token's text would overflow the chunk's page. The token is then not
+        taken (its kept logits are dropped): the chunk is compressed and the next step picks
+        again from the visual block's logits, as the training layout predicts it."""
+        if self.config.mode != "gcc" or not self.chunker.overflows(token):
+            return False
+        if self.keep_logits:
+            self.kept.pop()
+        return True
+
+    def add_to_chunk(self, token: int) -> bool:
+        """Append a generated token to the chunk; True when the chunk is complete (K tokens; fill: max)."""
+        return self.chunker.add(token)
+
+    def close_chunk(self, fits) -> list[str]:
+        """The finished chunk's pages (`prompt.chunk_pages` with the renderer's `fits`); counts them."""
+        chunk, text = self.chunker.close()
+        pages = chunk_pages(text, fits)
+        refit, split = changes([text], [pages])
+        self.stats.pages_refit += refit
+        self.stats.chunks_split += split
+        self.stats.chunk_lengths.append(len(chunk))
+        self._chars += len(text)
+        self._pages += len(pages)
+        return pages
+
     def measure(self, kv, evicted: int = 0) -> None:
         """Record the entries this row holds (plus `evicted` ones just dropped) and the store's bytes."""
         self.stats.kv_tokens_peak = max(self.stats.kv_tokens_peak, kv.lengths[self.slot] + evicted)
@@ -130,6 +159,11 @@ class Request:
         stats.kv_tokens_full_text = self.prompt.full_text_tokens + stats.generated_tokens
         stats.pages_refit += self.prompt.pages_refit
         stats.chunks_split += self.prompt.chunks_split
+        stats.chunk_lengths[:0] = self.prompt.chunk_lengths
+        visual = max(1, len(self.prompt.pages) + self._pages) * self.options.beta
+        if stats.chunk_lengths:
+            stats.chars_per_visual_token = (self.prompt.chunk_chars + self._chars) / visual
+            stats.tokens_per_visual_token = sum(stats.chunk_lengths) / visual
         first = self.first_token_at or end
         stats.time_to_first_token_s = first - self.added_at
         stats.decode_s = end - first

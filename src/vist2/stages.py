@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from vist2 import layout as L
-from vist2.chunking import chunk_texts, split_chunks
+from vist2.chunking import Fill, chunk_texts, split_chunks
 from vist2.errors import Vist2Error
 from vist2.prompt import Fits, Prompt, build_prompt, chat_parts, split_pages
 
@@ -86,9 +86,10 @@ def captioning(image: Page, caption_ids: list[int], beta: int, placeholder: int)
     return b.example()
 
 
-def ocr(tokenizer, ids: list[int], chunk_tokens: int, beta: int, placeholder: int) -> Example:
+def ocr(tokenizer, ids: list[int], chunk_tokens: int, beta: int, placeholder: int,
+        fill: Fill | None = None) -> Example:
     """Multi-turn OCR: each page is shown first, then its text is read out."""
-    chunks = split_chunks(ids, chunk_tokens)
+    chunks = split_chunks(ids, chunk_tokens, fill)
     b = _Builder(placeholder)
     for index, (chunk, page) in enumerate(zip(chunks, chunk_texts(tokenizer, chunks))):
         b.visual(page, beta, chunk=index)
@@ -97,10 +98,10 @@ def ocr(tokenizer, ids: list[int], chunk_tokens: int, beta: int, placeholder: in
 
 
 def _interleave(b: _Builder, tokenizer, ids: list[int], chunk_tokens: int, beta: int, first_chunk: int,
-                sees_text: bool, loss: bool, fits: Fits = None) -> None:
+                sees_text: bool, loss: bool, fits: Fits = None, fill: Fill | None = None) -> None:
     """[c1, v1, c2, v2, ..., cn]: every chunk but the last is followed by its visual block
     (one page, or more when its text does not fit one: see `prompt.split_page`)."""
-    chunks = split_chunks(ids, chunk_tokens)
+    chunks = split_chunks(ids, chunk_tokens, fill)
     pages = split_pages(chunk_texts(tokenizer, chunks)[:-1], fits)  # the last chunk is never compressed
     for index, chunk in enumerate(chunks):
         b.text(chunk, loss=loss, chunk=first_chunk + index, persistent=False)
@@ -108,10 +109,11 @@ def _interleave(b: _Builder, tokenizer, ids: list[int], chunk_tokens: int, beta:
             b.visual(page, beta, chunk=first_chunk + index, sees_text=sees_text)
 
 
-def olm(tokenizer, ids: list[int], chunk_tokens: int, beta: int, placeholder: int, sees_text: bool = True) -> Example:
+def olm(tokenizer, ids: list[int], chunk_tokens: int, beta: int, placeholder: int, sees_text: bool = True,
+        fill: Fill | None = None) -> Example:
     """Optical language modelling: chunk i+1 is predicted from the visual tokens of chunks <= i."""
     b = _Builder(placeholder)
-    _interleave(b, tokenizer, ids, chunk_tokens, beta, 0, sees_text, loss=True)
+    _interleave(b, tokenizer, ids, chunk_tokens, beta, 0, sees_text, loss=True, fill=fill)
     return b.example()
 
 
@@ -128,13 +130,15 @@ def prompt_example(prompt: Prompt, beta: int, placeholder: int) -> _Builder:
 
 
 def sft(tokenizer, query_ids: list[int], response_ids: list[int], chunk_tokens: int, beta: int,
-        placeholder: int, sees_text: bool = True, fits: Fits = None) -> Example:
+        placeholder: int, sees_text: bool = True, fits: Fits = None, fill: Fill | None = None) -> Example:
     """Compressed query (`prompt.build_prompt`) + interleaved response; loss on the response only.
-    `fits` (a renderer's fit rule) spreads a chunk too long for one page over more pages."""
-    prompt = build_prompt(tokenizer, query_ids, "gcc", chunk_tokens, beta, fits)
+    `fits` (a renderer's fit rule) spreads a chunk too long for one page over more pages;
+    `fill` cuts chunks that fill their page instead of K tokens."""
+    prompt = build_prompt(tokenizer, query_ids, "gcc", chunk_tokens, beta, fits, fill)
     b = prompt_example(prompt, beta, placeholder)
     end = chat_parts(tokenizer)[2]
-    _interleave(b, tokenizer, response_ids + end, chunk_tokens, beta, len(prompt.pages), sees_text, True, fits)
+    _interleave(b, tokenizer, response_ids + end, chunk_tokens, beta, len(prompt.pages), sees_text, True, fits,
+                fill)
     return b.example()
 
 

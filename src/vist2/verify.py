@@ -14,6 +14,7 @@ import random
 import torch
 
 from vist2 import layout as L
+from vist2.chunking import Fill, split_chunks
 from vist2.errors import Vist2Error
 from vist2.generate import score
 from vist2.options import ChunkOptions, chunk_options
@@ -24,13 +25,13 @@ TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}  # other dtypes: 5e-2
 
 
 def teacher_example(tokenizer, renderer, query: list[int], response: list[int], mode: str, chunk_tokens: int,
-                    beta: int, sees_text: bool, placeholder: int = 0) -> Example:
-    """The layout generation builds for `mode` (the same prompt builder, the renderer's page rule),
-    the response (ending in the end-of-turn) with loss."""
+                    beta: int, sees_text: bool, placeholder: int = 0, fill: Fill | None = None) -> Example:
+    """The layout generation builds for `mode` (the same prompt builder, the renderer's page rule,
+    chunks of K tokens or `fill`), the response (ending in the end-of-turn) with loss."""
     forced = response + chat_parts(tokenizer)[2]
     if mode == "gcc":
-        return sft(tokenizer, query, response, chunk_tokens, beta, placeholder, sees_text, renderer.fits)
-    prompt = build_prompt(tokenizer, query, mode, chunk_tokens, beta, renderer.fits)
+        return sft(tokenizer, query, response, chunk_tokens, beta, placeholder, sees_text, renderer.fits, fill)
+    prompt = build_prompt(tokenizer, query, mode, chunk_tokens, beta, renderer.fits, fill)
     b = prompt_example(prompt, beta, placeholder)
     b.text(forced, loss=True)
     return b.example()
@@ -67,7 +68,7 @@ def cases(chunk_tokens: int, beta: int) -> list[tuple[str, bool, int, int]]:
 
 def verify(model, tokenizer, renderer=None, seed: int = 0, report=print, options: ChunkOptions | None = None) -> float:
     """Run every case with these chunk options (default: the model's; each case sets
-    visual_sees_text); returns the largest absolute logit difference."""
+    visual_sees_text; fill gives chunks of varying length); returns the largest absolute logit difference."""
     from dataclasses import replace
 
     from vist2.render import Renderer
@@ -75,6 +76,7 @@ def verify(model, tokenizer, renderer=None, seed: int = 0, report=print, options
     renderer = renderer or Renderer(model.config.render)
     options = options or chunk_options(model, renderer)
     K, beta = options.chunk_tokens, options.beta
+    fill = options.fill(renderer, tokenizer)
     special = set(tokenizer.all_special_ids)
     vocab = [index for index in range(min(len(tokenizer), model.llm.config.vocab_size)) if index not in special]
     rng = random.Random(seed)
@@ -83,7 +85,7 @@ def verify(model, tokenizer, renderer=None, seed: int = 0, report=print, options
         case_options = replace(options, visual_sees_text=sees_text)
         query = [rng.choice(vocab) for _ in range(query_length)]
         response = [rng.choice(vocab) for _ in range(response_length)]
-        example = teacher_example(tokenizer, renderer, query, response, mode, K, beta, sees_text)
+        example = teacher_example(tokenizer, renderer, query, response, mode, K, beta, sees_text, fill=fill)
         expected = teacher_logits(model, renderer, example, vocab[0], options.bidirectional_visual)
         _, _, end = chat_parts(tokenizer)
         actual = score(model, tokenizer, query, response + end, mode, renderer, case_options)
@@ -91,8 +93,10 @@ def verify(model, tokenizer, renderer=None, seed: int = 0, report=print, options
             raise Vist2Error(f"{mode}: {actual.shape[0]} incremental steps for {expected.shape[0]} targets")
         difference = (actual - expected).abs().max().item()
         worst = max(worst, difference)
+        lengths = "" if fill is None or mode != "gcc" else "  response chunks " + ",".join(
+            str(len(c)) for c in split_chunks(response + end, K, fill))
         report(f"{mode:4} visual_sees_text={sees_text!s:5} query={query_length:5} response={response_length:5}"
-               f"  max |logit difference| = {difference:.3g}")
+               f"  max |logit difference| = {difference:.3g}{lengths}")
     return worst
 
 

@@ -57,8 +57,12 @@ class PromptShape:
 
 
 def forward_steps(mode: str, prompt: PromptShape, response: int, chunk_tokens: int, beta: int,
-                  visual_sees_text: bool = True) -> list[Step]:
-    """The forwards of one generation of `response` tokens (ignore_eos: it runs to the end)."""
+                  visual_sees_text: bool = True, query_chunks: tuple[int, int] | None = None,
+                  response_chunks: list[int] | None = None, full: int | None = None) -> list[Step]:
+    """The forwards of one generation of `response` tokens (ignore_eos: it runs to the end).
+    Chunks of K tokens, or of the lengths given (fill): `query_chunks` = (query pages, raw tail
+    tokens), `response_chunks` = tokens of each response chunk, the last one open; a chunk of
+    `full` tokens closed by its count, a shorter one before a token that would overflow its page."""
     K, steps, cache = chunk_tokens, [], 0
 
     def text(count: int) -> None:
@@ -67,35 +71,42 @@ def forward_steps(mode: str, prompt: PromptShape, response: int, chunk_tokens: i
             steps.append(Step("prefill", len(piece), cache))
             cache += len(piece)
 
-    chunks, tail = split_compressed(list(range(prompt.query)), K, beta)
+    if query_chunks is None:
+        chunks, tail = split_compressed(list(range(prompt.query)), K, beta)
+        query_chunks = (len(chunks), len(tail))
+    pages, tail = query_chunks
     whole = (prompt.user + prompt.query + prompt.assistant if mode == "text"
-             else prompt.user + len(chunks) * beta + len(tail) + prompt.assistant)
+             else prompt.user + pages * beta + tail + prompt.assistant)
     if whole <= PREFILL_TOKENS:
-        pages = 0 if mode == "text" else len(chunks)
+        pages = 0 if mode == "text" else pages
         steps.append(Step("prompt", whole, 0, pages=pages, block=beta if pages else 1))
         cache = whole
     elif mode == "text":
         text(prompt.user + prompt.query + prompt.assistant)
     else:
         text(prompt.user)
-        for start in range(0, len(chunks), PAGE_BATCH):
-            pages = len(chunks[start:start + PAGE_BATCH])
-            steps.append(Step("pages", pages * beta, cache, pages=pages, block=beta))
-            cache += pages * beta
-        text(len(tail) + prompt.assistant)
-    chunk = 0
-    for _ in range(response - 1):  # the last sampled token is never fed back
-        chunk += 1
-        complete = mode == "gcc" and chunk == K
-        if not complete or visual_sees_text:
+        for start in range(0, pages, PAGE_BATCH):
+            batch = min(PAGE_BATCH, pages - start)
+            steps.append(Step("pages", batch * beta, cache, pages=batch, block=beta))
+            cache += batch * beta
+        text(tail + prompt.assistant)
+    if mode != "gcc":
+        response_chunks, full = [response], None
+    elif response_chunks is None:
+        response_chunks, full = [len(c) for c in split_chunks(list(range(response)), K)], K
+    for index, length in enumerate(response_chunks):
+        last = index == len(response_chunks) - 1
+        by_count = length == full
+        # the last sampled token is never fed back; a chunk closed by its count feeds its last
+        # token only for a visual block that sees it; one closed by its page fed them all
+        fed = length - 1 if last or (by_count and not visual_sees_text) else length
+        for _ in range(fed):
             steps.append(Step("decode", 1, cache))
             cache += 1
-        if complete:
-            fed = K if visual_sees_text else K - 1
+        if not last:
             steps.append(Step("visual", beta, cache, hidden=0 if visual_sees_text else fed,
                               pages=1, evict=fed, block=beta))
             cache += beta - fed
-            chunk = 0
     return steps
 
 

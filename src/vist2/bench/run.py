@@ -61,19 +61,41 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def fill_steps(model, tokenizer, prompt: str, config, renderer, options) -> list:
+    """fill: the forwards of one generation, from the chunk lengths a probe run of it finds."""
+    from vist2.generate import generate
+    from vist2.prompt import build_prompt
+
+    ids = tokenizer.encode(prompt, add_special_tokens=False)
+    built = build_prompt(tokenizer, ids, config.mode, options.chunk_tokens, options.beta, renderer.fits,
+                         options.fill(renderer, tokenizer))
+    shape = bounds.PromptShape.of(tokenizer, len(ids))
+    tail = built.positions - shape.user - shape.assistant - len(built.pages) * options.beta
+    stats = generate(model, tokenizer, prompt, config, renderer, options).stats
+    response = stats.chunk_lengths[len(built.chunk_lengths):]
+    response.append(stats.generated_tokens - sum(response))
+    return bounds.forward_steps(config.mode, shape, stats.generated_tokens, options.chunk_tokens, options.beta,
+                                options.visual_sees_text, (len(built.pages), tail), response,
+                                options.fill(renderer, tokenizer).max_tokens)
+
+
 def measure(model, tokenizer, case: Case, mode: str, repeats: int, renderer, options: ChunkOptions,
             count_limit: int = 1500) -> dict:
     """All figures of one case and mode under chunk `options`, with their bounds. Generations of more than
     `count_limit` forwards are counted by the meta-device method on the same config instead
-    (FlopCounterMode makes each forward ~10x slower; the two counts are equal, see tests)."""
+    (FlopCounterMode makes each forward ~10x slower; the two counts are equal, see tests).
+    Under fill the bounds follow the chunks a probe generation cut."""
     from vist2.bench.flops import meta_model
     from vist2.generate import GenerationConfig, generate
 
     config = GenerationConfig(mode=mode, max_new_tokens=case.response_tokens, ignore_eos=True)
     prompt = prompt_text(tokenizer, case.query_tokens)
-    steps = bounds.forward_steps(mode, bounds.PromptShape.of(tokenizer, len(tokenizer.encode(
-        prompt, add_special_tokens=False))), case.response_tokens, options.chunk_tokens,
-        options.beta, options.visual_sees_text)
+    if options.chunking == "fill":
+        steps = fill_steps(model, tokenizer, prompt, config, renderer, options)
+    else:
+        steps = bounds.forward_steps(mode, bounds.PromptShape.of(tokenizer, len(tokenizer.encode(
+            prompt, add_special_tokens=False))), case.response_tokens, options.chunk_tokens,
+            options.beta, options.visual_sees_text)
     if len(steps) <= count_limit:
         with ComponentFlops(model) as flops:
             counted = generate(model, tokenizer, prompt, config, renderer, options)  # also the warm-up

@@ -42,7 +42,7 @@ def add_eval(commands) -> None:
 
 
 def add_common_arguments(parser, name: str) -> None:
-    from vist2.cli import add_generation_options, add_model_source
+    from vist2.cli import add_chunking_flags, add_generation_options, add_model_source
 
     add_model_source(parser)
     parser.add_argument("--modes", default="text,pcc,gcc", help="comma-separated modes (default text,pcc,gcc)")
@@ -55,6 +55,7 @@ def add_common_arguments(parser, name: str) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
     add_generation_options(parser, max_new_tokens=None)
+    add_chunking_flags(parser)
 
 
 def _run(args, module) -> int:

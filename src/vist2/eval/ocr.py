@@ -93,13 +93,19 @@ def read_documents(name: str) -> list[str]:
     return documents
 
 
-def held_out_chunks(tokenizer, documents: list[str], chunk_tokens: int, count: int) -> list[list[int]]:
-    """`count` full chunks of `chunk_tokens` tokens spread evenly over the documents (whitespace
-    collapsed); chunks never cross a document boundary."""
+def held_out_chunks(tokenizer, documents: list[str], chunk_tokens: int, count: int, fill=None) -> list[list[int]]:
+    """`count` full chunks of `chunk_tokens` tokens (`fill`: chunks that fill their page, a
+    `chunking.Fill`) spread evenly over the documents (whitespace collapsed); chunks never
+    cross a document boundary."""
+    from vist2.chunking import split_chunks
+
     chunks = []
     for document in documents:
         ids = tokenizer.encode(" ".join(document.split()), add_special_tokens=False)
-        chunks += [ids[i : i + chunk_tokens] for i in range(0, len(ids) - chunk_tokens + 1, chunk_tokens)]
+        if fill is not None:
+            chunks += split_chunks(ids, chunk_tokens, fill)[:-1]  # the last one is not full
+        else:
+            chunks += [ids[i : i + chunk_tokens] for i in range(0, len(ids) - chunk_tokens + 1, chunk_tokens)]
     if len(chunks) > count:
         chunks = [chunks[i * len(chunks) // count] for i in range(count)]
     return chunks
@@ -161,19 +167,22 @@ def run(args, model, tokenizer) -> tuple[list[Row], list[dict]]:
         raise Vist2Error(f"--chunks must be >= 1, got {args.chunks}")
     if args.chunk_tokens < 0:
         raise Vist2Error(f"--chunk-tokens must be >= 1 (or 0 for the model's chunk), got {args.chunk_tokens}")
+    from vist2.cli import chunking_args
+    from vist2.options import chunk_options
+    from vist2.render import Renderer
+
     size = args.chunk_tokens or model.config.chunk.chunk_tokens
+    renderer = Renderer(model.config.render)
+    fill = chunk_options(model, renderer, size, **chunking_args(args)).fill(renderer, tokenizer)
     sources = {}
     for name in args.data:
         task = Path(name).stem or name
         if task in sources:
             raise Vist2Error(f"--data: two paths are both named {task!r}; rows are named after the path")
-        chunks = held_out_chunks(tokenizer, read_documents(name), size, args.chunks)
+        chunks = held_out_chunks(tokenizer, read_documents(name), size, args.chunks, fill)
         if not chunks:
             raise Vist2Error(f"--data: {name} holds no text of {size} tokens or more (one chunk)")
         sources[task] = chunks
-    from vist2.render import Renderer
-
-    renderer = Renderer(model.config.render)
     rows, records = [], []
     for task, chunks in sources.items():
         row, predictions = evaluate(model.eval(), tokenizer, chunks, renderer, task)

@@ -43,7 +43,11 @@ def run(args, module) -> list[Row]:
         if not samples:
             raise Vist2Error(f"{module.NAME}: no samples to evaluate")
         records = evaluate(model, tokenizer, samples, modes, module.score, args)
-        rows = summarize(module.NAME, records, model.config.ratio)
+        from vist2.cli import chunking_args
+        from vist2.options import chunk_options
+
+        fill = chunk_options(model, **chunking_args(args)).chunking == "fill"
+        rows = summarize(module.NAME, records, None if fill else model.config.ratio)
     write_outputs(Path(args.out), args, module, rows, records, time.perf_counter() - start)
     print(table(rows))
     print(f"wrote {', '.join(OUTPUTS)} to {args.out}")
@@ -97,16 +101,18 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
     """Generate and score every sample in every mode: one prediction record each."""
     from tqdm import tqdm
 
-    from vist2.cli import generation_config
+    from vist2.cli import chunking_args, generation_config
     from vist2.generate import generate
+    from vist2.options import chunk_options
 
     groups = batches(samples, args.batch_size, tokenizer)
+    options = chunk_options(model, **chunking_args(args))
     records = []
     with tqdm(total=len(samples) * len(modes), desc="eval", unit="sample", disable=not args.progress_bar) as bar:
         for mode in modes:
             for group in groups:
                 config = generation_config(args, mode, args.max_new_tokens or group[0].max_new_tokens)
-                results = generate(model, tokenizer, [s.query for s in group], config)
+                results = generate(model, tokenizer, [s.query for s in group], config, options=options)
                 for sample, result in zip(group, results):
                     records.append({
                         "id": sample.id, "task": sample.task, "length": sample.length, "mode": mode,
@@ -118,7 +124,8 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
 
 
 def summarize(benchmark: str, records: list[dict], ratio: float) -> list[Row]:
-    """One row per (task, length, mode): mean scores and generation stats; ratio K/beta outside text."""
+    """One row per (task, length, mode): mean scores and generation stats; ratio K/beta outside text
+    (None: the mean tokens per visual token measured, as fill chunks vary)."""
     groups = defaultdict(list)
     for record in records:
         groups[(record["task"], record["length"], record["mode"])].append(record)
@@ -130,7 +137,8 @@ def summarize(benchmark: str, records: list[dict], ratio: float) -> list[Row]:
         metrics = {name: _mean([r["scores"][name] for r in group]) for name in group[0]["scores"]}
         stats = {name: _mean([r["stats"][name] for r in group])
                  for name in ("kv_tokens_peak", "kv_tokens_full_text", "time_to_first_token_s")}
-        rows.append(Row(benchmark, task, length, mode, None if mode == "text" else ratio,
+        measured = _mean([r["stats"].get("tokens_per_visual_token", 0.0) for r in group])
+        rows.append(Row(benchmark, task, length, mode, None if mode == "text" else ratio or measured,
                         metrics.pop("score"), len(group), stats["kv_tokens_peak"], stats["kv_tokens_full_text"],
                         stats["time_to_first_token_s"], metrics))
     return rows

@@ -57,6 +57,9 @@ class TrainConfig:
     on_bad_image: str = "fail"  # captioning pairs with a missing/corrupt image: "fail" | "skip"
     curriculum: tuple[float, float] = (1 / 3, 2 / 3)  # OCR: progress where medium / hard samples begin
     page_tokens: int = 0  # OCR: tokens per page, <= the model's chunk (short pages first); 0 = the chunk
+    chunking: str = ""  # "fixed" | "fill" (chunks that fill their page); "" = the model's
+    min_font_size: int = 0  # fill: pages are filled down to this font size; 0 = the model's
+    max_chunk_tokens: int = 0  # fill: most tokens per chunk; 0 = the model's
     ocr_replay: float = 0.0  # OLM: fraction of samples shown as OCR instead, so the LLM keeps reading
     progress_bar: bool = True
     images_outside_data: bool = False  # captioning: allow image paths outside the JSONL's folder
@@ -78,12 +81,17 @@ class TrainConfig:
             raise Vist2Error(f"on_bad_image must be 'fail' or 'skip', got {self.on_bad_image!r}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise Vist2Error(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.chunking not in ("", "fixed", "fill"):
+            raise Vist2Error(f"chunking must be fixed or fill (or empty for the model's), got {self.chunking!r}")
+        if self.chunking == "fill" and self.page_tokens:
+            raise Vist2Error("page_tokens is for fixed chunking; fill chunks as many tokens as fill the page")
         if not 0 <= self.ocr_replay < 1 or (self.ocr_replay and self.stage != "olm"):
             raise Vist2Error(f"ocr_replay must be in [0, 1) and is for the olm stage only, got {self.ocr_replay}")
         for name in ("micro_batch_size", "save_every", "epochs", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise Vist2Error(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_length", "batch_size", "max_steps", "num_workers", "page_tokens"):
+        for name in ("max_length", "batch_size", "max_steps", "num_workers", "page_tokens", "min_font_size",
+                     "max_chunk_tokens"):
             if getattr(self, name) < 0:
                 raise Vist2Error(f"{name} must be >= 0 (0 = the default), got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "max_minutes", "grad_clip"):
@@ -186,6 +194,9 @@ HELP = {
     "on_bad_image": "captioning pairs with a missing or unreadable image: fail or skip (default fail)",
     "curriculum": "OCR: run fractions where medium and hard samples begin (default 0.33 0.67)",
     "page_tokens": "OCR: tokens per page, at most the model's chunk (default 0 = the chunk)",
+    "chunking": "fixed (K tokens per chunk) or fill (as many tokens as fill the page) (default: the model's)",
+    "min_font_size": "fill: fill pages down to this font size in pixels (default: the model's)",
+    "max_chunk_tokens": "fill: most tokens per chunk (default: the model's, else 4 x K)",
     "ocr_replay": "OLM: fraction of samples shown as OCR instead, in [0, 1) (default 0)",
     "progress_bar": "show the tqdm progress bar (default on)",
     "images_outside_data": "captioning: allow image paths outside the JSONL file's folder (default off)",

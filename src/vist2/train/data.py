@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from vist2 import stages
+from vist2.chunking import split_chunks
 from vist2.errors import Vist2Error
 from vist2.prompt import Prompt, build_prompt, chat_parts, response_positions
 
@@ -129,11 +130,11 @@ class TextStageDataset(torch.utils.data.Dataset):
     or, for a fixed `ocr_replay` fraction of windows, its first chunks as an OCR sample."""
 
     def __init__(self, stage: str, tokenizer, texts: list[str], chunk_tokens: int, beta: int, max_length: int,
-                 sees_text: bool = True, ocr_replay: float = 0.0, stream=None):
+                 sees_text: bool = True, ocr_replay: float = 0.0, stream=None, fill=None):
         self.stage, self.tokenizer, self.chunk, self.beta, self.sees_text = stage, tokenizer, chunk_tokens, beta, sees_text
-        self.ocr_replay = ocr_replay
+        self.ocr_replay, self.fill, self.max_length = ocr_replay, fill, max_length
         self.stream = token_stream(tokenizer, texts) if stream is None else stream  # stream: a prepared corpus
-        self.max_images = max(1, max_length // (chunk_tokens + beta))  # OCR: (v_i, c_i) pairs that fit
+        self.max_images = max(1, max_length // (chunk_tokens + beta))  # OCR: (v_i, c_i) pairs of K that fit
         if stage == "olm":
             chunks = max(1, (max_length + beta) // (chunk_tokens + beta))  # n text chunks + n-1 visual blocks
             self.window = chunks * chunk_tokens
@@ -149,6 +150,8 @@ class TextStageDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> stages.Example:
         index, images = key
         start = index * self.window
+        if self.fill is not None:
+            return self._filled(start, images, index)
         ids = self.stream[start : start + self.window * images].tolist()
         pad = self.tokenizer.pad_token_id
         if self.stage == "ocr":
@@ -156,6 +159,26 @@ class TextStageDataset(torch.utils.data.Dataset):
         if random.Random(index).random() < self.ocr_replay:  # OCR of n-1 chunks fits where OLM of n does
             return stages.ocr(self.tokenizer, ids[: self.window - self.chunk], self.chunk, self.beta, pad)
         return stages.olm(self.tokenizer, ids, self.chunk, self.beta, pad, sees_text=self.sees_text)
+
+
+    def _filled(self, start: int, images: int, index: int) -> stages.Example:
+        """fill: the sample from `start` with as many chunks as fill their pages: OCR `images`
+        of them, OLM (or OCR replay) as many as max_length holds."""
+        pad, fill = self.tokenizer.pad_token_id, self.fill
+        olm = self.stage == "olm" and random.Random(index).random() >= self.ocr_replay
+        count = images if self.stage == "ocr" else self.max_length  # OLM and OCR replay: as many as fit
+        room = self.max_length - (0 if olm else self.beta)  # so that even one chunk fits max_length
+        ids = self.stream[start : start + min(fill.max_tokens * count, room)].tolist()
+        chunks, length = split_chunks(ids, self.chunk, fill), 0
+        kept: list[int] = []
+        for number, chunk in enumerate(chunks[:count]):
+            length += len(chunk) + self.beta * (number > 0 if olm else 1)  # OLM: no block after the last
+            if kept and length > self.max_length:
+                break
+            kept += chunk
+        if olm:
+            return stages.olm(self.tokenizer, kept, self.chunk, self.beta, pad, sees_text=self.sees_text, fill=fill)
+        return stages.ocr(self.tokenizer, kept, self.chunk, self.beta, pad, fill=fill)
 
 
 def _image_problem(path: Path) -> str | None:
@@ -216,9 +239,11 @@ class CaptionDataset(torch.utils.data.Dataset):
         return stages.captioning(page, ids + [self.tokenizer.eos_token_id], self.beta, self.tokenizer.pad_token_id)
 
 
-def sft_length(prompt: Prompt, response: int, chunk_tokens: int, beta: int) -> int:
-    """Sequence length of an SFT example: its prompt (`prompt.build_prompt`), then the interleaved response."""
-    return prompt.positions + response_positions(response, chunk_tokens, beta)
+def sft_length(prompt: Prompt, response: int, chunk_tokens: int, beta: int, ids: list[int] | None = None,
+               fill=None) -> int:
+    """Sequence length of an SFT example: its prompt (`prompt.build_prompt`), then the interleaved
+    response (fill: of the response's tokens `ids`)."""
+    return prompt.positions + response_positions(response, chunk_tokens, beta, ids, fill)
 
 
 class ChatDataset(torch.utils.data.Dataset):
@@ -226,8 +251,9 @@ class ChatDataset(torch.utils.data.Dataset):
     is too long is skipped (listed in `skipped`), an empty response is an error."""
 
     def __init__(self, records: list[dict[str, Any]], tokenizer, chunk_tokens: int, beta: int, max_length: int,
-                 fits=None):
+                 fits=None, fill=None):
         self.tokenizer, self.chunk, self.beta, self.max_length = tokenizer, chunk_tokens, beta, max_length
+        self.fill = fill  # chunks that fill their page instead of K tokens (`chunking.Fill`)
         self.fits = fits  # the renderer's fit rule: a chunk too long for one page takes more (prompt.chunk_pages)
         self.end = len(chat_parts(tokenizer)[2])
         self.chats: list[tuple[list[int], list[int], Prompt]] = []
@@ -236,7 +262,7 @@ class ChatDataset(torch.utils.data.Dataset):
             query, response = self._encode(field(record, "query")), self._encode(field(record, "response"))
             if not response:
                 raise Vist2Error(f"{record['_where']}: the response is empty")
-            prompt = build_prompt(tokenizer, query, "gcc", chunk_tokens, beta, fits)
+            prompt = build_prompt(tokenizer, query, "gcc", chunk_tokens, beta, fits, fill)
             if sft_length(prompt, 1 + self.end, chunk_tokens, beta) > max_length:
                 self.skipped.append(f"{record['_where']}: the query alone ({len(query)} tokens) exceeds "
                                     f"max_length {max_length}")
@@ -254,30 +280,37 @@ class ChatDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> stages.Example:
         query_ids, response_ids, prompt = self.chats[key[0]]
-        keep = len(response_ids)
-        while keep > 1 and sft_length(prompt, keep + self.end, self.chunk, self.beta) > self.max_length:
-            keep -= 1
+        end = chat_parts(self.tokenizer)[2]
+        length = lambda keep: sft_length(prompt, keep + self.end, self.chunk, self.beta,  # noqa: E731
+                                         response_ids[:keep] + end, self.fill)
+        low, high = 1, len(response_ids)  # the longest response that fits (lengths grow with it)
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if length(middle) <= self.max_length else (low, middle - 1)
         pad = self.tokenizer.pad_token_id
-        return stages.sft(self.tokenizer, query_ids, response_ids[:keep], self.chunk, self.beta, pad, fits=self.fits)
+        return stages.sft(self.tokenizer, query_ids, response_ids[:low], self.chunk, self.beta, pad, fits=self.fits,
+                          fill=self.fill)
 
 
 def build_dataset(stage: str, paths: tuple[str, ...], tokenizer, chunk_tokens: int, beta: int, max_length: int,
                   on_bad_image: str = "fail", sees_text: bool = True, ocr_replay: float = 0.0,
-                  images_outside_data: bool = False, fits=None) -> torch.utils.data.Dataset:
+                  images_outside_data: bool = False, fits=None, fill=None) -> torch.utils.data.Dataset:
     from vist2.train.tokens import is_prepared, open_prepared
 
     if any(is_prepared(Path(p)) for p in paths):
         if stage not in ("ocr", "olm") or len(paths) != 1:
             raise Vist2Error("a prepared corpus (vist2 prepare) is for --stage ocr or olm and must be the only --data path")
         stream = open_prepared(Path(paths[0]), tokenizer)
-        return TextStageDataset(stage, tokenizer, [], chunk_tokens, beta, max_length, sees_text, ocr_replay, stream)
+        return TextStageDataset(stage, tokenizer, [], chunk_tokens, beta, max_length, sees_text, ocr_replay, stream,
+                                fill)
     records = read_records(paths)
     if stage in ("ocr", "olm"):
         texts = [field(r, "text") for r in records]
-        return TextStageDataset(stage, tokenizer, texts, chunk_tokens, beta, max_length, sees_text, ocr_replay)
+        return TextStageDataset(stage, tokenizer, texts, chunk_tokens, beta, max_length, sees_text, ocr_replay,
+                                fill=fill)
     if stage == "captioning":
         return CaptionDataset(records, tokenizer, beta, max_length, on_bad_image, images_outside_data)
-    return ChatDataset(records, tokenizer, chunk_tokens, beta, max_length, fits)
+    return ChatDataset(records, tokenizer, chunk_tokens, beta, max_length, fits, fill)
 
 
 class ResumableBatches(torch.utils.data.Sampler):

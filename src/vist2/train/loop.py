@@ -26,6 +26,7 @@ from vist2 import stages
 from vist2.config import Vist2Config
 from vist2.errors import Vist2Error
 from vist2.model import Vist2Model, read_checkpoint_config
+from vist2.options import chunk_options
 from vist2.presets import preset
 from vist2.render import Renderer
 from vist2.tokenizer import load_tokenizer
@@ -256,10 +257,13 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
     chunk_tokens = model.config.chunk.chunk_tokens
     if config.page_tokens > chunk_tokens or (config.page_tokens and config.stage != "ocr"):
         raise Vist2Error(f"page_tokens must be at most the chunk ({chunk_tokens}) and is for the ocr stage only")
+    renderer = Renderer(model.config.render)
+    fill = chunk_options(model, renderer, chunking=config.chunking or None, min_font_size=config.min_font_size or None,
+                         max_chunk_tokens=config.max_chunk_tokens or None).fill(renderer, tokenizer)
     dataset = build_dataset(config.stage, config.data, tokenizer, config.page_tokens or chunk_tokens,
                             model.config.visual_tokens, config.max_length, config.on_bad_image,
                             model.config.chunk.visual_sees_text, config.ocr_replay, config.images_outside_data,
-                            Renderer(model.config.render).fits)
+                            renderer.fits, fill)
     per_epoch = len(dataset) // config.batch_size
     total = config.max_steps or config.epochs * per_epoch
     if total < 1:
@@ -273,7 +277,6 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
     sampler = ResumableBatches(len(dataset), config.batch_size, config.micro_batch_size, rank, world, config.seed,
                                total, start, curriculum)
     sampler.schedule_steps = schedule_steps
-    renderer = Renderer(model.config.render)
     collate = functools.partial(stages.collate, renderer=renderer, pad_id=tokenizer.pad_token_id,
                                 bidirectional_visual=model.config.chunk.bidirectional_visual)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
