@@ -59,7 +59,8 @@ def quickstart_config() -> Vist2Config:
         llm=LLMConfig(params=dict(vocab_size=272, hidden_size=192, intermediate_size=512, num_hidden_layers=3,
                                   num_attention_heads=4, num_key_value_heads=2, head_dim=48,
                                   max_position_embeddings=4096, tie_word_embeddings=True)),
-        chunk=ChunkConfig(chunk_tokens=16),
+        # fill's smallest font: reading holds at 13 px and breaks down by 9 px (benchmarks/fill/README.md)
+        chunk=ChunkConfig(chunk_tokens=16, min_font_size=13),
         tokenizer="bytes",
         preset="quickstart",
     )
