@@ -79,3 +79,46 @@ def test_bad_flags_exit_2_before_loading(tmp_path, flags, capsys, monkeypatch):
     error = capsys.readouterr().err.strip()
     assert code == 2 and len(error.splitlines()) == 1 and "--" in error
     assert not (tmp_path / "o").exists()
+
+
+def _rows(out):
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    return [{k: v for k, v in row.items() if k != "time_to_first_token_s_mean"} for row in rows]
+
+
+def test_interrupted_run_resumes_to_the_same_summary(tmp_path, one_thread, capsys):
+    flags = ("--samples", "2", "--modes", "text,gcc")
+    runner.run(_args(tmp_path / "whole", *flags), _fake_benchmark())
+    benchmark, calls, limit = _fake_benchmark(), [], [3]
+    score = benchmark.score
+
+    def crash_after_limit(sample, prediction):
+        calls.append(sample.id)
+        if len(calls) > limit[0]:
+            raise KeyboardInterrupt
+        return score(sample, prediction)
+
+    benchmark.score = crash_after_limit
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(_args(tmp_path / "cut", *flags), benchmark)
+    out = tmp_path / "cut" / "out"
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 3 and not (out / "results.json").exists()
+    with open(out / "predictions.jsonl", "a") as handle:
+        handle.write('{"id": "s1", "ta')  # a write cut short by the crash
+    limit[0], calls[:] = 99, []
+    runner.run(_args(tmp_path / "cut", *flags), benchmark)
+    assert len(calls) == 2 * 2 * 2 - 3  # only the missing predictions are generated
+    assert "resuming: 3 of 8" in capsys.readouterr().err
+    assert _rows(out) == _rows(tmp_path / "whole" / "out")
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 8
+
+
+def test_resume_refuses_other_settings_and_foreign_files(tmp_path, one_thread):
+    runner.run(_args(tmp_path, "--samples", "1", "--modes", "text", "--max-new-tokens", "2"), _fake_benchmark())
+    with pytest.raises(Vist2Error, match="other settings .--samples"):
+        runner.check_arguments(_args(tmp_path, "--samples", "2", "--max-new-tokens", "2"), _fake_benchmark())
+    runner.check_arguments(_args(tmp_path, "--samples", "1", "--max-new-tokens", "2", "--modes", "gcc"),
+                           _fake_benchmark())  # another mode of the same run: resumable
+    (tmp_path / "out" / "run.json").unlink()
+    with pytest.raises(Vist2Error, match="without run.json; pass --overwrite"):
+        runner.check_arguments(_args(tmp_path, "--samples", "1", "--max-new-tokens", "2"), _fake_benchmark())
