@@ -122,3 +122,28 @@ def test_resume_refuses_other_settings_and_foreign_files(tmp_path, one_thread):
     (tmp_path / "out" / "run.json").unlink()
     with pytest.raises(Vist2Error, match="without run.json; pass --overwrite"):
         runner.check_arguments(_args(tmp_path, "--samples", "1", "--max-new-tokens", "2"), _fake_benchmark())
+
+
+def test_samples_without_chat_template_get_the_bare_query(tiny, tmp_path, one_thread):
+    from vist2.prompt import build_prompt, chat_parts
+
+    model, tokenizer = tiny
+    user, assistant, _ = chat_parts(tokenizer)
+    ids = tokenizer.encode("Type: abbreviation. Question: What is NASA? " * 4, add_special_tokens=False)
+    K, beta = model.config.chunk.chunk_tokens, model.config.visual_tokens
+    assert build_prompt(tokenizer, ids, "text", K, beta, chat_template=False).segments == (("text", ids),)
+    bare, chat = (build_prompt(tokenizer, ids, "gcc", K, beta, chat_template=c) for c in (False, True))
+    assert bare.positions == chat.positions - len(user) - len(assistant) and bare.pages == chat.pages
+    benchmark = _fake_benchmark()
+    plain = benchmark.load_samples
+
+    def load_samples(args, tokenizer):  # beta's samples are like LongBench's trec: no template
+        return [EvalSample(**{**vars(s), "extra": {"chat_template": s.task == "alpha"}}) for s in plain(args, tokenizer)]
+
+    benchmark.load_samples = load_samples
+    rows = runner.run(_args(tmp_path, "--samples", "1", "--modes", "text", "--batch-size", "2", "--ignore-eos",
+                            "--max-new-tokens", "3"), benchmark)
+    queries = {s.task: s.query for s in plain(types.SimpleNamespace(samples=1), tokenizer)}
+    tokens = {t: len(tokenizer.encode(q, add_special_tokens=False)) for t, q in queries.items()}
+    full = {row.task: row.kv_tokens_full_text_mean for row in rows}
+    assert full == {"alpha": tokens["alpha"] + len(user) + len(assistant) + 3, "beta": tokens["beta"] + 3}

@@ -74,7 +74,7 @@ class Engine:
             raise Vist2Error(f"beta {options.beta} differs from this engine's page ({self.options.beta} tokens)")
         ids = self._query_ids(query)
         prompt = build_prompt(self.tokenizer, ids, config.mode, options.chunk_tokens, options.beta,
-                              self.renderer.fits)
+                              self.renderer.fits, chat_template=config.chat_template)
         request = Request(next(self._ids), prompt, config, options, forced, keep_logits)
         request.check_positions(self.model.llm.config)
         request.stop_ids = set() if config.ignore_eos or forced is not None else self._stop_ids

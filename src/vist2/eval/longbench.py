@@ -8,7 +8,7 @@ dataset and _id. Prompts and answer lengths are LongBench's own (longbench_promp
 scores are its metrics (metrics.py), 0-100. Rows: one per subset in v1; per subset and
 length bucket in LongBench-E (`length` is the bucket's lower bound, 0, 4000 or 8000, in
 LongBench's words-or-characters count). `extra["chat_template"]` is False for the subsets
-LongBench feeds as raw text.
+LongBench feeds as raw text; the runner then builds the prompt without the chat template.
 """
 
 from __future__ import annotations

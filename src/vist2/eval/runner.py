@@ -17,6 +17,7 @@ import platform
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from vist2.errors import Vist2Error
@@ -82,13 +83,19 @@ def check_arguments(args, module) -> list[str]:
     return sorted(modes, key=MODE_ORDER.index)
 
 
+def chat_template(sample: EvalSample) -> bool:
+    """Whether the sample's prompt goes through the chat template (LongBench's trec, lcc, ... do not)."""
+    return sample.extra.get("chat_template", True) is not False
+
+
 def batches(samples: list[EvalSample], size: int, tokenizer) -> list[list[EvalSample]]:
-    """Batches of similar prompt length and equal max_new_tokens (one GenerationConfig each)."""
-    lengths = {s.id: len(tokenizer.encode(s.query, add_special_tokens=False)) for s in samples}
-    ordered = sorted(samples, key=lambda s: (s.max_new_tokens, lengths[s.id]))
+    """Batches of similar prompt length, equal max_new_tokens and chat template (one GenerationConfig each)."""
+    lengths = {id(s): len(tokenizer.encode(s.query, add_special_tokens=False)) for s in samples}
+    same = lambda s: (s.max_new_tokens, chat_template(s))  # noqa: E731
+    ordered = sorted(samples, key=lambda s: (*same(s), lengths[id(s)]))
     groups = []
     for sample in ordered:
-        if groups and len(groups[-1]) < size and groups[-1][0].max_new_tokens == sample.max_new_tokens:
+        if groups and len(groups[-1]) < size and same(groups[-1][0]) == same(sample):
             groups[-1].append(sample)
         else:
             groups.append([sample])
@@ -114,7 +121,8 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
     with tqdm(total=total, initial=skipped, desc="eval", unit="sample", disable=not args.progress_bar) as bar:
         for mode in modes:
             for group in batches(todo[mode], args.batch_size, tokenizer) if todo[mode] else []:
-                config = generation_config(args, mode, args.max_new_tokens or group[0].max_new_tokens)
+                config = replace(generation_config(args, mode, args.max_new_tokens or group[0].max_new_tokens),
+                                 chat_template=chat_template(group[0]))
                 results = generate(model, tokenizer, [s.query for s in group], config)
                 for sample, result in zip(group, results):
                     record = {
