@@ -108,14 +108,18 @@ def read_subset(path, task: str, e: bool, tokenizer=None, max_prompt_tokens: int
     return samples
 
 
-def load_samples(args: argparse.Namespace, tokenizer) -> list[EvalSample]:
+def check_arguments(args: argparse.Namespace) -> dict:
+    """The subset files of --data and --tasks, checked before anything is loaded."""
     if args.max_prompt_tokens is not None and args.max_prompt_tokens < 2:
         raise Vist2Error(f"--max-prompt-tokens {args.max_prompt_tokens}: must be at least 2")
     tasks = selected_tasks(args.tasks, args.e)
     root = jsonl_files.data_folder(args.data)
-    paths = {task: jsonl_files.file_in(root, f"{task}_e.jsonl" if args.e else f"{task}.jsonl") for task in tasks}
+    return {task: jsonl_files.file_in(root, f"{task}_e.jsonl" if args.e else f"{task}.jsonl") for task in tasks}
+
+
+def load_samples(args: argparse.Namespace, tokenizer) -> list[EvalSample]:
     samples = []
-    for task, path in paths.items():
+    for task, path in check_arguments(args).items():
         samples += read_subset(path, task, args.e, tokenizer, args.max_prompt_tokens)
     return samples
 

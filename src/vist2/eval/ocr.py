@@ -147,12 +147,19 @@ def evaluate(model, tokenizer, chunks: list[list[int]], renderer: Renderer, task
     return row, records
 
 
-def run(args, model, tokenizer) -> tuple[list[Row], list[dict]]:
-    """One row per --data path; all input is checked before any page is read."""
+def check_arguments(args) -> None:
+    """--chunks, --chunk-tokens and the --data paths, checked before the model is loaded."""
     if args.chunks < 1:
         raise Vist2Error(f"--chunks must be >= 1, got {args.chunks}")
     if args.chunk_tokens < 0:
         raise Vist2Error(f"--chunk-tokens must be >= 1 (or 0 for the model's chunk), got {args.chunk_tokens}")
+    for name in args.data:
+        _files(name)
+
+
+def run(args, model, tokenizer) -> tuple[list[Row], list[dict]]:
+    """One row per --data path; all input is checked before any page is read."""
+    check_arguments(args)
     size = args.chunk_tokens or model.config.chunk.chunk_tokens
     sources = {}
     for name in args.data:

@@ -61,7 +61,7 @@ def run(args, module) -> list[Row]:
 
 def check_arguments(args, module) -> list[str]:
     """Every common flag, the benchmark's own (check_arguments) and the output folder; the modes."""
-    from vist2.cli import generation_config
+    from vist2.cli import check_model_source, generation_config
     from vist2.generate import MODES
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -77,6 +77,7 @@ def check_arguments(args, module) -> list[str]:
             raise Vist2Error(f"--{flag.replace('_', '-')} must be a finite number, got {getattr(args, flag)}")
     for mode in modes:
         generation_config(args, mode, args.max_new_tokens or 1)  # raises on bad sampling flags
+    check_model_source(args)
     if hasattr(module, "check_arguments"):
         module.check_arguments(args)
     run_folder.check(Path(args.out), args, module)
