@@ -108,13 +108,19 @@ def read_subset(path, task: str, e: bool, tokenizer=None, max_prompt_tokens: int
     return samples
 
 
-def check_arguments(args: argparse.Namespace) -> dict:
-    """The subset files of --data and --tasks, checked before anything is loaded."""
+def task_files(args: argparse.Namespace, names: dict[str, str]) -> dict:
+    """{task: path} of the files `names` in the --data folder, and --max-prompt-tokens, checked
+    before anything is loaded (shared with LooGLE)."""
     if args.max_prompt_tokens is not None and args.max_prompt_tokens < 2:
         raise Vist2Error(f"--max-prompt-tokens {args.max_prompt_tokens}: must be at least 2")
-    tasks = selected_tasks(args.tasks, args.e)
     root = jsonl_files.data_folder(args.data)
-    return {task: jsonl_files.file_in(root, f"{task}_e.jsonl" if args.e else f"{task}.jsonl") for task in tasks}
+    return {task: jsonl_files.file_in(root, name) for task, name in names.items()}
+
+
+def check_arguments(args: argparse.Namespace) -> dict:
+    """The subset files of --data and --tasks."""
+    tasks = selected_tasks(args.tasks, args.e)
+    return task_files(args, {task: f"{task}_e.jsonl" if args.e else f"{task}.jsonl" for task in tasks})
 
 
 def load_samples(args: argparse.Namespace, tokenizer) -> list[EvalSample]:
