@@ -147,3 +147,20 @@ def test_samples_without_chat_template_get_the_bare_query(tiny, tmp_path, one_th
     tokens = {t: len(tokenizer.encode(q, add_special_tokens=False)) for t, q in queries.items()}
     full = {row.task: row.kv_tokens_full_text_mean for row in rows}
     assert full == {"alpha": tokens["alpha"] + len(user) + len(assistant) + 3, "beta": tokens["beta"] + 3}
+
+
+def test_cli_rerun_resumes_and_other_settings_exit_2(tmp_path, one_thread, capsys):
+    data = tmp_path / "gsm.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(2)))
+    argv = ["eval", "gsm8k", "--preset", "tiny", "--data", str(data), "--out", str(tmp_path / "o"), "--modes", "text",
+            "--max-new-tokens", "2", "--no-progress-bar"]
+    assert main([*argv, "--samples", "2"]) == 0
+    first = (tmp_path / "o" / "results.json").read_text()
+    capsys.readouterr()
+    assert main([*argv, "--samples", "2"]) == 0
+    assert "resuming: 2 of 2" in capsys.readouterr().err
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["rows"][0]["score"] == \
+        json.loads(first)["rows"][0]["score"]
+    assert main([*argv, "--samples", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "other settings (--samples)" in error

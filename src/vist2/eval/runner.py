@@ -51,7 +51,12 @@ def run(args, module) -> list[Row]:
             raise Vist2Error(f"{module.NAME}: no samples to evaluate")
         done = run_folder.start(out, args, module, resume)
         with open(out / run_folder.PREDICTIONS, "a", encoding="utf-8") as handle:
-            records = evaluate(model, tokenizer, samples, modes, module.score, args, done, handle)
+            try:
+                records = evaluate(model, tokenizer, samples, modes, module.score, args, done, handle)
+            except KeyboardInterrupt:
+                print(f"finished predictions are in {out / run_folder.PREDICTIONS}; rerun the same command to "
+                      "resume", file=sys.stderr)
+                raise
         rows = summarize(module.NAME, records, model.config.ratio)
     write_outputs(out, args, module, rows, time.perf_counter() - start)
     print(table(rows))
