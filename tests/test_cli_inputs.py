@@ -48,7 +48,8 @@ CASES = {
               ["bench", "--no-measure", "--paper-sizes", "vist2-0.6b", "--out", "{tmp}", "--name", "taken"]],
     "quickstart": [["quickstart", "--minutes", "nan"], ["quickstart", "--minutes", "inf"],
                    ["quickstart", "--minutes", "0"], ["quickstart", "--steps", "-1"],
-                   ["quickstart", "--eval-chunks", "0"], ["quickstart", "--threads", "0"]],
+                   ["quickstart", "--eval-chunks", "0"], ["quickstart", "--threads", "0"],
+                   ["quickstart", "--output", "{tmp}", "--steps", "1"], ["quickstart", "--output", "{tmp}/a.txt"]],
     "prepare": [["prepare", "--data", "{tmp}/a.txt", "--output", "{tmp}/p", "--preset", "tiny", "--batch-mb", "nan"],
                 ["prepare", "--data", "{tmp}/a.txt", "--output", "{tmp}/p", "--preset", "tiny", "--batch-mb", "0"],
                 ["prepare", "--data", "{tmp}/a.txt", "--output", "{tmp}/p", "--preset", "tiny", "--threads", "-1"],
@@ -88,7 +89,7 @@ def folder(tmp_path, monkeypatch):
     (tmp_path / "taken.png").write_text("the user's own file")
     (tmp_path / "taken.json").write_text("the user's own file")
     for target in ("vist2.generate.load_model", "vist2.model.Vist2Model.__init__", "vist2.train.train",
-                   "vist2.train.quickstart.quickstart", "vist2.train.prepare.prepare", "vist2.bench.run.bench"):
+                   "vist2.train.quickstart.quickstart_config", "vist2.train.prepare.prepare", "vist2.bench.run.bench"):
         monkeypatch.setattr(target, lambda *a, _name=target, **k: pytest.fail(f"did work: {_name}"))
     return tmp_path
 
