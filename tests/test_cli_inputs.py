@@ -111,3 +111,15 @@ def test_argument_errors_are_one_line_in_a_real_process(argv, tmp_path):
     done = subprocess.run([sys.executable, "-m", "vist2", *argv], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "--help" in done.stderr
+
+
+def test_train_refuses_an_output_folder_holding_files_it_did_not_write(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("some words to train on. " * 400)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "losses.json").write_text("the user's own file")
+    code = main(["train", "--stage", "ocr", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "run"),
+                 "--preset", "tiny", "--max-steps", "1", "--no-progress-bar"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and len(error.splitlines()) == 1 and "losses.json not written by vist2 train" in error
+    assert (tmp_path / "run" / "losses.json").read_text() == "the user's own file"
