@@ -77,6 +77,8 @@ def check_arguments(args, module) -> list[str]:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise Vist2Error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.threads is not None and args.threads > 4096:
+        raise Vist2Error(f"--threads must be at most 4096, got {args.threads}")
     for flag in ("temperature", "top_p", "repetition_penalty"):
         if not math.isfinite(getattr(args, flag)):
             raise Vist2Error(f"--{flag.replace('_', '-')} must be a finite number, got {getattr(args, flag)}")
