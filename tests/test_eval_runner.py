@@ -164,3 +164,18 @@ def test_cli_rerun_resumes_and_other_settings_exit_2(tmp_path, one_thread, capsy
     assert main([*argv, "--samples", "1"]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "other settings (--samples)" in error
+
+
+def test_resume_refuses_a_retrained_model(tmp_path, monkeypatch):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    args = _args(tmp_path, "--samples", "1")
+    args.preset, args.model = None, str(model)
+    monkeypatch.setattr("vist2.cli.check_model_source", lambda args: None)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "run.json").write_text(json.dumps(runner.run_folder.settings(args, _fake_benchmark())))
+    runner.check_arguments(args, _fake_benchmark())  # the same weights: resumable
+    (model / "model.safetensors").write_bytes(b"retrained weights")
+    with pytest.raises(Vist2Error, match="the --model weights changed"):
+        runner.check_arguments(args, _fake_benchmark())

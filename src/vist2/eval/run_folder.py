@@ -28,7 +28,9 @@ NOT_SETTINGS = {"run", "command", "command_line", "debug", "out", "overwrite", "
 def settings(args, module) -> dict:
     """What a resumed run must share with the first: the benchmark and every flag that shapes a prediction."""
     values = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_SETTINGS and not callable(v)}
-    return {"benchmark": module.NAME, "flags": json.loads(json.dumps(values, default=str))}
+    weights = sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns]  # a retrained --model is another run
+                     for p in Path(args.model).glob("*.safetensors") if p.is_file()) if args.model else []
+    return {"benchmark": module.NAME, "flags": json.loads(json.dumps(values, default=str)), "weights": weights}
 
 
 def check(out: Path, args, module) -> bool:
@@ -51,7 +53,7 @@ def check(out: Path, args, module) -> bool:
         differ = sorted(k for k in set(now["flags"]) | set(earlier.get("flags", {}))
                         if now["flags"].get(k) != earlier.get("flags", {}).get(k))
         what = f"benchmark {earlier.get('benchmark')!r}" if earlier.get("benchmark") != now["benchmark"] else \
-            "--" + ", --".join(name.replace("_", "-") for name in differ)
+            "--" + ", --".join(name.replace("_", "-") for name in differ) if differ else "the --model weights changed"
         raise Vist2Error(f"--out {out} holds a run with other settings ({what}); rerun with the same flags "
                          "to resume, or pass --overwrite, or choose another folder")
     return True
