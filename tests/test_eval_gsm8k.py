@@ -42,3 +42,14 @@ def test_gsm8k_end_to_end_and_bad_lines(tmp_path, one_thread, capsys):
     bad.write_text(json.dumps({"question": "q", "answer": "no marker"}) + "\n")
     assert main(["eval", "gsm8k", "--preset", "tiny", "--data", str(bad), "--out", str(tmp_path / "o2")]) == 2
     assert "line 1" in capsys.readouterr().err
+
+
+def test_gsm8k_lines_are_read_as_bounded_strict_json(tmp_path):
+    import argparse
+
+    from vist2.errors import Vist2Error
+
+    data = tmp_path / "gsm.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "#### 2", "id": NaN}\n')
+    with pytest.raises(Vist2Error, match="line 1: not valid JSON .NaN is not allowed"):
+        gsm8k.load_samples(argparse.Namespace(data=str(data), samples=5), None)

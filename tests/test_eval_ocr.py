@@ -41,8 +41,9 @@ def test_readers_take_txt_jsonl_and_folders(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     ('{"text": "ok"}\nnot json\n', "line 2: not valid JSON"),
-    ('{"txt": "ok"}\n', "line 1: needs a JSON object with a string field 'text'"),
-    ('["text"]\n', "line 1: needs a JSON object"),
+    ('{"txt": "ok"}\n', "line 1: needs a string field 'text'"),
+    ('["text"]\n', "line 1: expected a JSON object, got list"),
+    ('{"text": NaN}\n', "line 1: not valid JSON .NaN is not allowed"),
 ])
 def test_bad_jsonl_names_file_and_line(tmp_path, content, message):
     path = tmp_path / "bad.jsonl"

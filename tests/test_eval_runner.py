@@ -79,3 +79,103 @@ def test_bad_flags_exit_2_before_loading(tmp_path, flags, capsys, monkeypatch):
     error = capsys.readouterr().err.strip()
     assert code == 2 and len(error.splitlines()) == 1 and "--" in error
     assert not (tmp_path / "o").exists()
+
+
+def _rows(out):
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    return [{k: v for k, v in row.items() if k != "time_to_first_token_s_mean"} for row in rows]
+
+
+def test_interrupted_run_resumes_to_the_same_summary(tmp_path, one_thread, capsys):
+    flags = ("--samples", "2", "--modes", "text,gcc")
+    runner.run(_args(tmp_path / "whole", *flags), _fake_benchmark())
+    benchmark, calls, limit = _fake_benchmark(), [], [3]
+    score = benchmark.score
+
+    def crash_after_limit(sample, prediction):
+        calls.append(sample.id)
+        if len(calls) > limit[0]:
+            raise KeyboardInterrupt
+        return score(sample, prediction)
+
+    benchmark.score = crash_after_limit
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(_args(tmp_path / "cut", *flags), benchmark)
+    out = tmp_path / "cut" / "out"
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 3 and not (out / "results.json").exists()
+    with open(out / "predictions.jsonl", "a") as handle:
+        handle.write('{"id": "s1", "ta')  # a write cut short by the crash
+    limit[0], calls[:] = 99, []
+    runner.run(_args(tmp_path / "cut", *flags), benchmark)
+    assert len(calls) == 2 * 2 * 2 - 3  # only the missing predictions are generated
+    assert "resuming: 3 of 8" in capsys.readouterr().err
+    assert _rows(out) == _rows(tmp_path / "whole" / "out")
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 8
+
+
+def test_resume_refuses_other_settings_and_foreign_files(tmp_path, one_thread):
+    runner.run(_args(tmp_path, "--samples", "1", "--modes", "text", "--max-new-tokens", "2"), _fake_benchmark())
+    with pytest.raises(Vist2Error, match="other settings .--samples"):
+        runner.check_arguments(_args(tmp_path, "--samples", "2", "--max-new-tokens", "2"), _fake_benchmark())
+    runner.check_arguments(_args(tmp_path, "--samples", "1", "--max-new-tokens", "2", "--modes", "gcc"),
+                           _fake_benchmark())  # another mode of the same run: resumable
+    (tmp_path / "out" / "run.json").unlink()
+    with pytest.raises(Vist2Error, match="without run.json; pass --overwrite"):
+        runner.check_arguments(_args(tmp_path, "--samples", "1", "--max-new-tokens", "2"), _fake_benchmark())
+
+
+def test_samples_without_chat_template_get_the_bare_query(tiny, tmp_path, one_thread):
+    from vist2.prompt import build_prompt, chat_parts
+
+    model, tokenizer = tiny
+    user, assistant, _ = chat_parts(tokenizer)
+    ids = tokenizer.encode("Type: abbreviation. Question: What is NASA? " * 4, add_special_tokens=False)
+    K, beta = model.config.chunk.chunk_tokens, model.config.visual_tokens
+    assert build_prompt(tokenizer, ids, "text", K, beta, chat_template=False).segments == (("text", ids),)
+    bare, chat = (build_prompt(tokenizer, ids, "gcc", K, beta, chat_template=c) for c in (False, True))
+    assert bare.positions == chat.positions - len(user) - len(assistant) and bare.pages == chat.pages
+    benchmark = _fake_benchmark()
+    plain = benchmark.load_samples
+
+    def load_samples(args, tokenizer):  # beta's samples are like LongBench's trec: no template
+        return [EvalSample(**{**vars(s), "extra": {"chat_template": s.task == "alpha"}}) for s in plain(args, tokenizer)]
+
+    benchmark.load_samples = load_samples
+    rows = runner.run(_args(tmp_path, "--samples", "1", "--modes", "text", "--batch-size", "2", "--ignore-eos",
+                            "--max-new-tokens", "3"), benchmark)
+    queries = {s.task: s.query for s in plain(types.SimpleNamespace(samples=1), tokenizer)}
+    tokens = {t: len(tokenizer.encode(q, add_special_tokens=False)) for t, q in queries.items()}
+    full = {row.task: row.kv_tokens_full_text_mean for row in rows}
+    assert full == {"alpha": tokens["alpha"] + len(user) + len(assistant) + 3, "beta": tokens["beta"] + 3}
+
+
+def test_cli_rerun_resumes_and_other_settings_exit_2(tmp_path, one_thread, capsys):
+    data = tmp_path / "gsm.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(2)))
+    argv = ["eval", "gsm8k", "--preset", "tiny", "--data", str(data), "--out", str(tmp_path / "o"), "--modes", "text",
+            "--max-new-tokens", "2", "--no-progress-bar"]
+    assert main([*argv, "--samples", "2"]) == 0
+    first = (tmp_path / "o" / "results.json").read_text()
+    capsys.readouterr()
+    assert main([*argv, "--samples", "2"]) == 0
+    assert "resuming: 2 of 2" in capsys.readouterr().err
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["rows"][0]["score"] == \
+        json.loads(first)["rows"][0]["score"]
+    assert main([*argv, "--samples", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "other settings (--samples)" in error
+
+
+def test_resume_refuses_a_retrained_model(tmp_path, monkeypatch):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    args = _args(tmp_path, "--samples", "1")
+    args.preset, args.model = None, str(model)
+    monkeypatch.setattr("vist2.cli.check_model_source", lambda args: None)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "run.json").write_text(json.dumps(runner.run_folder.settings(args, _fake_benchmark())))
+    runner.check_arguments(args, _fake_benchmark())  # the same weights: resumable
+    (model / "model.safetensors").write_bytes(b"retrained weights")
+    with pytest.raises(Vist2Error, match="the --model weights changed"):
+        runner.check_arguments(args, _fake_benchmark())

@@ -48,7 +48,7 @@ def test_quickstart_smoke_runs_every_stage_and_prints_the_table(tmp_path, capsys
     model = Vist2Model.from_pretrained(output / "model")
     assert model.config.preset == "quickstart" and model.num_parameters()["total"] > 2_000_000
     assert main(["quickstart", "--output", str(output), "--steps", "1"]) == 2  # never overwrites a run
-    assert "is not empty" in capsys.readouterr().err
+    assert "is not an empty folder" in capsys.readouterr().err
 
 
 def test_quickstart_model_reads_two_characters_per_visual_token():

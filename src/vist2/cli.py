@@ -17,8 +17,15 @@ from vist2.eval.command import add_eval
 from vist2.train.prepare_cli import add_prepare
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags: one line naming the command and what is wrong (no usage dump), status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vist2",
         description="VIST2: render text to images, compress context into visual tokens, train and generate.",
     )
@@ -76,13 +83,14 @@ def _add_render(commands) -> None:
     parser.add_argument("--font-index", type=int, default=1, help="face index in a .ttc (default 1, Mono)")
     parser.add_argument("--line-height", type=int, help="fixed line pitch in pixels (default 1.2 x font size)")
     parser.add_argument("-o", "--output", required=True, help="where to write the PNG")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.set_defaults(run=_render)
 
 
 def _render(args) -> int:
     from vist2.render import RenderConfig, Renderer
 
-    writable_file(args.output, "--output")
+    writable_file(args.output, "--output", args.overwrite)
     text = args.text if args.file is None else read_text(args.file, "--file")
     config = RenderConfig(
         width=args.width,
@@ -122,6 +130,7 @@ def _add_layout(commands) -> None:
     parser.add_argument("--bidirectional-visual", action="store_true", help="full attention inside a visual block")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--png", metavar="FILE", help="also draw the mask to this PNG")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --png file")
     parser.set_defaults(run=_layout)
 
 
@@ -137,7 +146,7 @@ def _layout(args) -> int:
         if not low <= value <= MAX_LAYOUT_TOKENS:
             raise Vist2Error(f"--{name.replace('_', '-')} must be in [{low}, {MAX_LAYOUT_TOKENS}], got {value}")
     if args.png:
-        writable_file(args.png, "--png")
+        writable_file(args.png, "--png", args.overwrite)
     tokenizer = byte_tokenizer()  # one token per byte, so counts are exact
     ids = tokenizer.encode(LAYOUT_TEXT * (1 + args.tokens // len(LAYOUT_TEXT)), add_special_tokens=False)[: args.tokens]
     pad, K, beta = tokenizer.pad_token_id, args.chunk_tokens, args.visual_tokens
@@ -213,9 +222,10 @@ def add_chunking_flags(parser) -> None:
     """--chunking, --min-font-size, --max-chunk-tokens (generate, train, eval, bench, verify, layout)."""
     parser.add_argument("--chunking", choices=("fixed", "fill"),
                         help="fixed: K tokens per chunk; fill: as many tokens as fill the page (default: the model's)")
-    parser.add_argument("--min-font-size", type=int,
+    parser.add_argument("--min-font-size", type=integer(1, 1024),
                         help="fill: fill pages down to this font size in pixels (default: the model's)")
-    parser.add_argument("--max-chunk-tokens", type=int, help="fill: most tokens per chunk (default 4 x K)")
+    parser.add_argument("--max-chunk-tokens", type=integer(1, 2**22),
+                        help="fill: most tokens per chunk (default 4 x K)")
 
 
 def chunking_args(args) -> dict:
@@ -235,6 +245,16 @@ def add_model_source(parser) -> None:
     source.add_argument("--preset", help="a preset with random weights (seeded), e.g. tiny, smollm2-135m")
     parser.add_argument("--seed", type=SEED, default=0, help="seed for random weights and sampling (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+
+
+def check_model_source(args) -> None:
+    """--preset names a preset and --model a folder, checked before any work."""
+    from vist2.presets import PRESETS
+
+    if getattr(args, "model", None) is None and args.preset not in PRESETS:
+        raise Vist2Error(f"--preset {args.preset!r}: unknown; choose from {', '.join(PRESETS)}")
+    if getattr(args, "model", None) is not None and not os.path.isdir(args.model):
+        raise Vist2Error(f"--model {args.model}: not a folder (give a vist2 checkpoint folder)")
 
 
 def add_generation_options(parser, max_new_tokens: int | None = 256) -> None:
@@ -287,6 +307,7 @@ def _generate(args) -> int:
     config = generation_config(args, args.mode, args.max_new_tokens)
     if not prompt.strip():
         raise Vist2Error("the prompt is empty")
+    check_model_source(args)
     check_device(args.device)
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device)
     options = chunk_options(model, **chunking_args(args))
@@ -318,6 +339,7 @@ def _verify(args) -> int:
         raise Vist2Error(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
     if args.chunk_tokens is not None and args.chunk_tokens < 1:
         raise Vist2Error(f"--chunk-tokens must be >= 1, got {args.chunk_tokens}")
+    check_model_source(args)
     check_device(args.device)
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device)
     options = chunk_options(model, chunk_tokens=args.chunk_tokens, **chunking_args(args))
@@ -351,12 +373,16 @@ def _add_bench(commands) -> None:
     parser.add_argument("--no-measure", action="store_true", help="only the --paper-sizes counts")
     parser.add_argument("--out", default="bench", help="output folder (default ./bench)")
     parser.add_argument("--name", default="bench", help="file stem: NAME.json, NAME.png (default bench)")
+    parser.add_argument("--overwrite", action="store_true", help="replace NAME.json and its plots in --out")
     parser.add_argument("--device", help="torch device (default: cuda if any, else cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                         help="model dtype (default bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--threads", type=THREADS, help="torch CPU threads")
     parser.add_argument("--seed", type=SEED, default=0, help="seed for random weights (default 0)")
     parser.set_defaults(run=_bench)
+
+
+MAX_BENCH_TOKENS = 2**22  # query or response of one case: far beyond any preset's positions
 
 
 def _bench(args) -> int:
@@ -383,6 +409,9 @@ def _bench(args) -> int:
         _page_size(args.page)
     scale = args.scale or (1.0 if args.device.startswith("cuda") else CPU_SCALE)
     grid = [] if args.no_measure else cases(args.scenario, lengths, scale)
+    longest = max((max(case.query_tokens, case.response_tokens) for case in grid), default=0)
+    if longest > MAX_BENCH_TOKENS:
+        raise Vist2Error(f"--lengths/--scale give {longest} tokens; at most {MAX_BENCH_TOKENS} are allowed")
     paper = args.paper_sizes
     if paper == []:
         paper = ["vist2-0.6b", "vist2-4b", "vist2-8b"]
@@ -394,6 +423,12 @@ def _bench(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise Vist2Error(f"--out {out} exists and is not a folder")
+    if "/" in args.name or args.name in ("", ".", ".."):
+        raise Vist2Error(f"--name must be a plain file stem, got {args.name!r}")
+    for path in (out / f"{args.name}{end}" for end in (".json", ".png", "_paper_sizes.png")):
+        if out.is_dir():
+            writable_file(str(path), "--out/--name", args.overwrite)
+    check_model_source(args)
     model = tokenizer = options = None
     if grid:
         model, tokenizer = _bench_model(args)

@@ -90,7 +90,7 @@ class Engine:
         ids = self._query_ids(query)
         fill = options.fill(self.renderer, self.tokenizer)
         prompt = build_prompt(self.tokenizer, ids, config.mode, options.chunk_tokens, options.beta,
-                              self.renderer.fits, fill)
+                              self.renderer.fits, fill, chat_template=config.chat_template)
         request = Request(next(self._ids), prompt, config, options, forced, keep_logits)
         request.check_positions(self.model.llm.config)
         request.stop_ids = set() if config.ignore_eos or forced is not None else self._stop_ids

@@ -41,6 +41,7 @@ class GenerationConfig:
     stop_strings: tuple[str, ...] = ()  # the text is cut before the first one found
     ignore_eos: bool = False
     seed: int | None = None
+    chat_template: bool = True  # False: the prompt is the query alone (LongBench's trec, lcc, ...)
 
     def __post_init__(self) -> None:
         INF = float("inf")  # noqa: N806  (NaN fails every comparison, so -INF < x < INF rejects it too)
@@ -68,8 +69,9 @@ class GenerationConfig:
             raise Vist2Error("stop strings must be non-empty")
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
             raise Vist2Error(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
-        if not isinstance(self.ignore_eos, bool):
-            raise Vist2Error(f"ignore_eos must be True or False, got {self.ignore_eos!r}")
+        for name in ("ignore_eos", "chat_template"):
+            if not isinstance(getattr(self, name), bool):
+                raise Vist2Error(f"{name} must be True or False, got {getattr(self, name)!r}")
 
 
 def load_model(model_dir: str | None = None, preset_name: str | None = None, seed: int = 0,

@@ -75,10 +75,13 @@ def check_device(device: str) -> None:
         raise Vist2Error(f"--device {device!r} cannot be used here: {reason}") from None
 
 
-def writable_file(path: str, flag: str) -> None:
-    """The folder of an output file exists (checked before any work)."""
+def writable_file(path: str, flag: str, overwrite: bool = False) -> None:
+    """The folder of an output file exists, and the file does not unless `overwrite` (checked before any work)."""
     from pathlib import Path
 
     parent = Path(path).parent
     if not parent.is_dir():
         raise Vist2Error(f"{flag} {path}: folder {parent} does not exist")
+    if os.path.lexists(path) and not (overwrite and os.path.isfile(path) and not os.path.islink(path)):
+        what = "is not a regular file" if os.path.lexists(path) and overwrite else "already exists"
+        raise Vist2Error(f"{flag} {path} {what}; choose another path" + ("" if overwrite else " or pass --overwrite"))

@@ -88,9 +88,10 @@ class Prompt:
 
 
 def build_prompt(tokenizer, query_ids: list[int], mode: str, chunk_tokens: int, beta: int,
-                 fits: Fits = None, fill: Fill | None = None) -> Prompt:
-    """The prompt of `mode`: text keeps the query as text; pcc and gcc compress it (fill: `chunking.Fill`)."""
-    user, assistant, _ = chat_parts(tokenizer)
+                 fits: Fits = None, fill: Fill | None = None, *, chat_template: bool = True) -> Prompt:
+    """The prompt of `mode`: text keeps the query as text; pcc and gcc compress it (fill: `chunking.Fill`).
+    chat_template=False: the query alone, without the ChatML turn around it."""
+    user, assistant, _ = chat_parts(tokenizer) if chat_template else ([], [], [])
     full = user + list(query_ids) + assistant
     if mode == "text":
         return Prompt((("text", full),), len(full), len(full), full)

@@ -25,7 +25,8 @@ def add_eval(commands) -> None:
 
     parser = commands.add_parser("eval", help="score a model on a benchmark in text, pcc and gcc modes",
                                  description="Generate every sample of a benchmark in each mode and score it; "
-                                             "writes results.json, predictions.jsonl and a plot.")
+                                             "writes results.json, predictions.jsonl (as it goes: rerun to "
+                                             "resume) and a plot.")
     benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name in BENCHMARKS:
         module = importlib.import_module(name)
@@ -49,7 +50,8 @@ def add_common_arguments(parser, name: str) -> None:
     parser.add_argument("--samples", type=int, default=10, help="samples per task and length (default 10)")
     parser.add_argument("--out", default=f"vist2-eval-{name}",
                         help=f"output folder; only our own files are written there (default ./vist2-eval-{name})")
-    parser.add_argument("--overwrite", action="store_true", help="replace results of an earlier run in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh, replacing our files in --out (default: resume the run found there)")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="prompts generated together (default 1; time to first token then covers the batch)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")

@@ -7,12 +7,12 @@ else the last number in the text; numbers compare by value ("1,000" = "1000.00")
 
 from __future__ import annotations
 
-import json
 import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from vist2.errors import Vist2Error
+from vist2.eval import jsonl_files
 from vist2.eval.sample import EvalSample
 
 NAME = "gsm8k"
@@ -38,26 +38,18 @@ def load_samples(args, tokenizer) -> list[EvalSample]:
     """The first --samples problems of the file; a malformed line is an error naming it."""
     check_arguments(args)
     samples = []
-    with open(args.data, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if len(samples) == args.samples:
-                break
-            if not line.strip():
-                continue
-            where = f"--data {args.data} line {number}"
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise Vist2Error(f"{where}: not JSON ({error.msg})") from None
-            if not isinstance(item, dict) or not isinstance(item.get("question"), str) \
-                    or not isinstance(item.get("answer"), str):
-                raise Vist2Error(f"{where}: needs string fields `question` and `answer`")
-            reference = reference_answer(item["answer"])
-            if reference is None:
-                raise Vist2Error(f"{where}: the answer does not end with `#### N`")
-            samples.append(EvalSample(id=str(item.get("id", number)), task=NAME,
-                                      query=PROMPT.format(question=item["question"].strip()),
-                                      references=(reference,), max_new_tokens=256))
+    for number, item in jsonl_files.records(Path(args.data)):
+        if len(samples) == args.samples:
+            break
+        where = f"--data {args.data}, line {number}"
+        if not isinstance(item.get("question"), str) or not isinstance(item.get("answer"), str):
+            raise Vist2Error(f"{where}: needs string fields `question` and `answer`")
+        reference = reference_answer(item["answer"])
+        if reference is None:
+            raise Vist2Error(f"{where}: the answer does not end with `#### N`")
+        samples.append(EvalSample(id=str(item.get("id", number)), task=NAME,
+                                  query=PROMPT.format(question=item["question"].strip()),
+                                  references=(reference,), max_new_tokens=256))
     return samples
 
 

@@ -8,7 +8,7 @@ dataset and _id. Prompts and answer lengths are LongBench's own (longbench_promp
 scores are its metrics (metrics.py), 0-100. Rows: one per subset in v1; per subset and
 length bucket in LongBench-E (`length` is the bucket's lower bound, 0, 4000 or 8000, in
 LongBench's words-or-characters count). `extra["chat_template"]` is False for the subsets
-LongBench feeds as raw text.
+LongBench feeds as raw text; the runner then builds the prompt without the chat template.
 """
 
 from __future__ import annotations
@@ -108,14 +108,24 @@ def read_subset(path, task: str, e: bool, tokenizer=None, max_prompt_tokens: int
     return samples
 
 
-def load_samples(args: argparse.Namespace, tokenizer) -> list[EvalSample]:
+def task_files(args: argparse.Namespace, names: dict[str, str]) -> dict:
+    """{task: path} of the files `names` in the --data folder, and --max-prompt-tokens, checked
+    before anything is loaded (shared with LooGLE)."""
     if args.max_prompt_tokens is not None and args.max_prompt_tokens < 2:
         raise Vist2Error(f"--max-prompt-tokens {args.max_prompt_tokens}: must be at least 2")
-    tasks = selected_tasks(args.tasks, args.e)
     root = jsonl_files.data_folder(args.data)
-    paths = {task: jsonl_files.file_in(root, f"{task}_e.jsonl" if args.e else f"{task}.jsonl") for task in tasks}
+    return {task: jsonl_files.file_in(root, name) for task, name in names.items()}
+
+
+def check_arguments(args: argparse.Namespace) -> dict:
+    """The subset files of --data and --tasks."""
+    tasks = selected_tasks(args.tasks, args.e)
+    return task_files(args, {task: f"{task}_e.jsonl" if args.e else f"{task}.jsonl" for task in tasks})
+
+
+def load_samples(args: argparse.Namespace, tokenizer) -> list[EvalSample]:
     samples = []
-    for task, path in paths.items():
+    for task, path in check_arguments(args).items():
         samples += read_subset(path, task, args.e, tokenizer, args.max_prompt_tokens)
     return samples
 

@@ -24,7 +24,7 @@ import json
 
 from vist2.errors import Vist2Error
 from vist2.eval import jsonl_files
-from vist2.eval.longbench import middle_truncate
+from vist2.eval.longbench import middle_truncate, task_files
 from vist2.eval.metrics import loogle_cloze, loogle_similarity
 from vist2.eval.sample import EvalSample
 
@@ -140,13 +140,14 @@ def read_task(path, task: str, tokenizer=None, max_prompt_tokens: int | None = N
     return samples
 
 
+def check_arguments(args: argparse.Namespace) -> dict:
+    """The task files of --data and --tasks."""
+    return task_files(args, {task: f"{task}.jsonl" for task in selected_tasks(args.tasks)})
+
+
 def load_samples(args: argparse.Namespace, tokenizer) -> list[EvalSample]:
-    if args.max_prompt_tokens is not None and args.max_prompt_tokens < 2:
-        raise Vist2Error(f"--max-prompt-tokens {args.max_prompt_tokens}: must be at least 2")
-    root = jsonl_files.data_folder(args.data)
-    paths = {task: jsonl_files.file_in(root, f"{task}.jsonl") for task in selected_tasks(args.tasks)}
     samples = []
-    for task, path in paths.items():
+    for task, path in check_arguments(args).items():
         samples += read_task(path, task, tokenizer, args.max_prompt_tokens)
     return samples
 

@@ -17,12 +17,11 @@ no font size are skipped and counted (chunks_skipped).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from vist2.errors import Vist2Error
+from vist2.eval import jsonl_files
 from vist2.eval.sample import Row
 
 if TYPE_CHECKING:  # torch and the renderer load only when a run starts: `vist2 --help` stays instant
@@ -69,27 +68,20 @@ def read_documents(name: str) -> list[str]:
     """The documents of one --data path: a .txt file is one, a JSONL line's "text" is one."""
     documents = []
     for path in _files(name):
-        size = path.stat().st_size
+        size = jsonl_files.regular_file(path).stat().st_size
         if size > MAX_FILE_BYTES:
             raise Vist2Error(f"--data: {path} has {size} bytes, more than the limit of {MAX_FILE_BYTES}")
+        if path.suffix == ".jsonl":
+            for number, record in jsonl_files.records(path):
+                if not isinstance(record.get("text"), str):
+                    raise Vist2Error(f"{path}, line {number}: needs a string field 'text'")
+                documents.append(record["text"])
+            continue
         try:
             with open(path, encoding="utf-8") as handle:
-                text = handle.read(MAX_FILE_BYTES + 1)
+                documents.append(handle.read(MAX_FILE_BYTES + 1))
         except (OSError, UnicodeDecodeError) as error:
             raise Vist2Error(f"--data: cannot read {path} as UTF-8 text: {error}") from None
-        if path.suffix == ".txt":
-            documents.append(text)
-            continue
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise Vist2Error(f"--data: {path}, line {number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise Vist2Error(f"--data: {path}, line {number}: needs a JSON object with a string field 'text'")
-            documents.append(record["text"])
     return documents
 
 
@@ -161,12 +153,19 @@ def evaluate(model, tokenizer, chunks: list[list[int]], renderer: Renderer, task
     return row, records
 
 
-def run(args, model, tokenizer) -> tuple[list[Row], list[dict]]:
-    """One row per --data path; all input is checked before any page is read."""
+def check_arguments(args) -> None:
+    """--chunks, --chunk-tokens and the --data paths, checked before the model is loaded."""
     if args.chunks < 1:
         raise Vist2Error(f"--chunks must be >= 1, got {args.chunks}")
     if args.chunk_tokens < 0:
         raise Vist2Error(f"--chunk-tokens must be >= 1 (or 0 for the model's chunk), got {args.chunk_tokens}")
+    for name in args.data:
+        _files(name)
+
+
+def run(args, model, tokenizer) -> tuple[list[Row], list[dict]]:
+    """One row per --data path; all input is checked before any page is read."""
+    check_arguments(args)
     from vist2.cli import chunking_args
     from vist2.options import chunk_options
     from vist2.render import Renderer

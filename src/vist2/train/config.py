@@ -149,10 +149,10 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
+    from vist2.inputs import read_text  # a regular file, bounded read
+
     try:
-        data = json.loads(Path(path).read_text())
-    except OSError as error:
-        raise Vist2Error(f"cannot read config file {path}: {error}") from None
+        data = json.loads(read_text(str(path), "--config"))
     except json.JSONDecodeError as error:
         raise Vist2Error(f"config file {path} is not valid JSON: {error}") from None
     if not isinstance(data, dict):

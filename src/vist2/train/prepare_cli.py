@@ -25,8 +25,8 @@ def add_prepare(commands) -> None:
 
 
 def _prepare(args) -> int:
-    if args.threads < 0:
-        raise Vist2Error("--threads must be >= 0 (0 = all cores)")
+    if not 0 <= args.threads <= 4096:
+        raise Vist2Error(f"--threads must be in [0, 4096] (0 = all cores), got {args.threads}")
     if not (math.isfinite(args.batch_mb) and args.batch_mb > 0):
         raise Vist2Error("--batch-mb must be a positive finite number")
     for name in args.data:

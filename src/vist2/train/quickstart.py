@@ -215,8 +215,8 @@ def quickstart(output: str | Path, minutes: float = 10.0, steps: int = 0, eval_c
     began = time.perf_counter()
     torch.set_num_threads(threads)
     output = Path(output)
-    if output.exists() and any(output.iterdir()):
-        raise Vist2Error(f"{output} is not empty; choose another --output (nothing was overwritten)")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise Vist2Error(f"--output {output} is not an empty folder; choose another (nothing was overwritten)")
     config = quickstart_config()
     texts = corpus()
     essays, held_essays = split(texts["essays"])
