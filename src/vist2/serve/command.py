@@ -63,7 +63,34 @@ def serve(args) -> int:
     app = create_app(engine, tokenizer, Renderer(model.config.render), name, args.mode, limits, args.max_queue)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             timeout_graceful_shutdown=args.shutdown_timeout)
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     print(f"vist2 serve: {name} on http://{args.host}:{args.port} (page at /, API at /v1)", flush=True)
     server.run()
     return 0
+
+
+def _server_class():
+    import contextlib
+    import signal
+    import threading
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but SIGTERM/SIGINT end it with status 0 after the graceful shutdown
+        (uvicorn re-raises the signal, which kills the process with -15)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server
