@@ -118,7 +118,7 @@ class Worker:
                 continue
             for event in events:
                 request = event.request
-                held = engine.kv.lengths[request.slot] if not event.finished and request.slot >= 0 else 0
+                held = request.stats.kv_tokens_final if event.finished else engine.kv.lengths[request.slot]
                 full = request.prompt.full_text_tokens + request.stats.generated_tokens
                 target = self._queues.get(request)
                 if event.finished:
