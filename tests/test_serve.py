@@ -205,7 +205,13 @@ def test_cli_serves_and_stops_cleanly_on_sigterm(tmp_path, capsys):
         wait_healthy(base)
         reply = httpx.post(base + "/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 4})
         assert reply.status_code == 200
-        process.send_signal(signal.SIGTERM)
+        body = {"model": "tiny", "prompt": "hi", "max_tokens": 300, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", base + "/v1/completions", json=body, timeout=30) as streamed:
+            lines = streamed.iter_lines()
+            next(lines)
+            process.send_signal(signal.SIGTERM)  # in flight: it finishes, then the server exits
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]" and json.loads(rest[-2][6:])["choices"][0]["finish_reason"] == "length"
         assert process.wait(timeout=30) == 0
     finally:
         if process.poll() is None:
