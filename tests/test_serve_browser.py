@@ -54,6 +54,7 @@ def test_page_streams_the_answer_and_shows_pages(tmp_path):
         limit = browser.find_element(By.ID, "max")
         limit.clear()
         limit.send_keys("200")
+        browser.find_element(By.ID, "noeos").click()  # random weights: run to the full length
         browser.find_element(By.ID, "go").click()
         wait = WebDriverWait(browser, 60)
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#pages img"))

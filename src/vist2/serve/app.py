@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+import time
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -123,13 +124,18 @@ class Reply:
 
     async def _updates(self, queue, request, worker):
         """Updates until every row finished; cancels all rows if the client goes away."""
+        checked = time.monotonic()
         try:
             while self.open:
                 try:
-                    update = await asyncio.wait_for(queue.get(), timeout=0.5)
+                    update = await asyncio.wait_for(queue.get(), timeout=0.25)
                 except asyncio.TimeoutError:
+                    update = None
+                if time.monotonic() - checked > 0.25:  # a client gone mid-answer frees its rows
+                    checked = time.monotonic()
                     if await request.is_disconnected():
                         return
+                if update is None:
                     continue
                 if isinstance(update, Exception):
                     raise update
