@@ -132,6 +132,15 @@ BAD = [
     ({"model": "tiny", "messages": [{"role": "user", "content": "x" * 500}]}, 400, "messages"),
     ({"model": "other", "messages": [{"role": "user", "content": "x"}]}, 404, "model"),
     ({"model": "tiny", "prompt": ["a", "b"]}, 400, "prompt"),
+    (b"", 400, None),
+    ({"model": 5, "messages": [{"role": "user", "content": "x"}]}, 400, "model"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, "messages[0].content"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stream_options": 5}, 400, "stream_options"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_k": "3"}, 400, "top_k"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "repetition_penalty": 0}, 400, "repetition_penalty"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "no_repeat_ngram_size": -1}, 400,
+     "no_repeat_ngram_size"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "ignore_eos": "no"}, 400, "ignore_eos"),
 ]
 
 
@@ -149,6 +158,10 @@ def test_bad_requests_get_openai_errors(server, body, status, param):
 def test_unknown_route_and_health_after_bad_input(server):
     reply = httpx.get(server[0] + "/v1/nothing")
     assert reply.status_code == 404 and reply.json()["error"]["type"] == "not_found_error"
+    reply = httpx.post(server[0] + "/v1/completions", content=b" " * (17 * 2**20))
+    assert reply.status_code == 413 and reply.json()["error"]["message"].startswith("the body is larger")
+    reply = httpx.get(server[0] + "/v1/chat/completions")
+    assert reply.status_code == 405 and set(reply.json()["error"]) == {"message", "type", "param", "code"}
     assert httpx.get(server[0] + "/health").json()["status"] == "ok"
     assert "vist2 serve" in httpx.get(server[0] + "/").text
 

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from vist2.errors import Vist2Error
 from vist2.serve.metrics import Metrics
-from vist2.serve.protocol import (ApiError, Limits, chat_query, check_model, completion_query, envelope,
+from vist2.serve.protocol import (MAX_BODY_BYTES, ApiError, Limits, chat_query, check_model, completion_query, envelope,
                                   finish_reason, parse_body, parse_job, usage)
 from vist2.serve.worker import QueueFull, Update, Worker
 
@@ -78,7 +78,7 @@ def create_app(engine, tokenizer, renderer, name: str, default_mode: str, limits
 
     async def answer(request: Request, endpoint: str, query_of, chat: bool):
         try:
-            body = parse_body(await request.body())
+            body = parse_body(await read_body(request))
             check_model(body, name)
             job = parse_job(body, query_of(body), default_mode, limits, count)
             configs = [job.config if job.config.seed is None or i == 0 else
@@ -102,6 +102,17 @@ def create_app(engine, tokenizer, renderer, name: str, default_mode: str, limits
         return await reply.whole(queue, request, worker)
 
     return app
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, refused (413) once it passes MAX_BODY_BYTES."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(f"the body is larger than {MAX_BODY_BYTES >> 20} MiB", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _reseeded(config, seed: int):

@@ -13,6 +13,7 @@ from vist2.errors import Vist2Error
 ROLES = ("system", "user", "assistant")
 MAX_N = 8
 MAX_STOPS = 4
+MAX_BODY_BYTES = 16 * 2**20
 
 
 class ApiError(Exception):
