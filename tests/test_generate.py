@@ -163,3 +163,14 @@ def test_cli_generate_gcc_memory_is_flat(capsys):
     assert "unknown mode" in capsys.readouterr().err
     assert main(["generate", "--preset", "tiny", "--prompt", "", "--mode", "text"]) == 2
     assert main(["generate", "--preset", "tiny", "--prompt", "x", "--max-new-tokens", "0"]) == 2
+
+
+def test_dtype_bfloat16_holds_half_the_kv_bytes_of_float32(capsys):
+    stats = {}
+    for dtype in ("float32", "bfloat16"):
+        assert main(["generate", "--preset", "tiny", "--dtype", dtype, "--mode", "gcc", "--max-new-tokens", "70",
+                     "--ignore-eos", "--json", "--prompt", "hello there"]) == 0
+        stats[dtype] = json.loads(capsys.readouterr().out)["stats"]
+    assert stats["bfloat16"]["generated_tokens"] == 70 and stats["bfloat16"]["chunks_compressed"] == 1
+    assert stats["bfloat16"]["kv_tokens_peak"] == stats["float32"]["kv_tokens_peak"]
+    assert 2 * stats["bfloat16"]["kv_bytes_peak"] == stats["float32"]["kv_bytes_peak"]

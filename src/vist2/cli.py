@@ -241,12 +241,15 @@ def add_debug_flag(parser) -> None:
 
 
 def add_model_source(parser) -> None:
-    """--model | --preset, --seed, --device (shared by generate, verify and eval)."""
+    """--model | --preset, --seed, --device, --dtype (shared by generate, verify, eval and serve)."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a vist2 checkpoint folder")
     source.add_argument("--preset", help="a preset with random weights (seeded), e.g. tiny, smollm2-135m")
     parser.add_argument("--seed", type=SEED, default=0, help="seed for random weights and sampling (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="weights and compute dtype (default float32; bfloat16 batches better on CPUs "
+                        "with AVX512-BF16, see benchmarks/engine.md)")
 
 
 def check_model_source(args) -> None:
@@ -311,7 +314,7 @@ def _generate(args) -> int:
         raise Vist2Error("the prompt is empty")
     check_model_source(args)
     check_device(args.device)
-    model, tokenizer = load_model(args.model, args.preset, args.seed, args.device)
+    model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
     options = chunk_options(model, **chunking_args(args))
     if args.json:
         result = generate(model, tokenizer, prompt, config, options=options)
@@ -343,7 +346,7 @@ def _verify(args) -> int:
         raise Vist2Error(f"--chunk-tokens must be >= 1, got {args.chunk_tokens}")
     check_model_source(args)
     check_device(args.device)
-    model, tokenizer = load_model(args.model, args.preset, args.seed, args.device)
+    model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
     options = chunk_options(model, chunk_tokens=args.chunk_tokens, **chunking_args(args))
     limit = args.tolerance if args.tolerance is not None else tolerance(model)
     worst = verify(model, tokenizer, seed=args.seed, options=options)

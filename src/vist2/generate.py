@@ -75,8 +75,9 @@ class GenerationConfig:
 
 
 def load_model(model_dir: str | None = None, preset_name: str | None = None, seed: int = 0,
-               device: str = "cpu"):
-    """(model, tokenizer) from a checkpoint folder, or a preset with random weights (seeded)."""
+               device: str = "cpu", dtype: str = "float32"):
+    """(model, tokenizer) from a checkpoint folder, or a preset with random weights (seeded),
+    in `dtype` (float32 or bfloat16)."""
     from vist2.model import Vist2Model, read_checkpoint_config
     from vist2.presets import preset
     from vist2.tokenizer import load_tokenizer
@@ -96,7 +97,7 @@ def load_model(model_dir: str | None = None, preset_name: str | None = None, see
         check_memory(config, preset_name, device)
         torch.manual_seed(seed)
         model = Vist2Model(config).to(device).eval()
-    return model, load_tokenizer(model.config.tokenizer)
+    return model.to(getattr(torch, dtype)), load_tokenizer(model.config.tokenizer)
 
 
 def _available_bytes(device: str) -> int | None:

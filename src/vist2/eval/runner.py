@@ -37,7 +37,7 @@ def run(args, module) -> list[Row]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, args.preset, args.seed, args.device)
+    model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
     start = time.perf_counter()
     out = Path(args.out)
     if hasattr(module, "run"):  # no per-sample records to resume from: all files at the end

@@ -55,7 +55,7 @@ def serve(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, args.preset, args.seed, args.device)
+    model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
     engine = Engine(model, tokenizer, max_batch=args.max_batch)
     name = args.served_model_name or args.preset or Path(args.model).resolve().name
 
