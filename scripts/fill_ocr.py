@@ -16,19 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from ratio_sweep import sweep_config
+from ratio_sweep import sweep_config, train_ratio
 from vist2.chunking import split_chunks
 from vist2.eval import ocr
 from vist2.options import ChunkOptions
 from vist2.render import Renderer
 from vist2.tokenizer import byte_tokenizer
-from vist2.train.config import TrainConfig
-from vist2.train.loop import train
 from vist2.train.quickstart import _write, corpus, random_text, split
 
 
@@ -45,18 +42,7 @@ def mean_fill_tokens(essays: list[str], size: int) -> float:
 
 def train_one(name: str, K: int, chunking: dict, folder: Path, sources: dict, args) -> dict:
     config = sweep_config(K).replace(preset=f"fill-ocr-{name}")
-    longest = 4 * K if chunking else K
-    common = dict(seed=args.seed, progress_bar=False, save_every=10**9, keep_checkpoints=1, epochs=1000,
-                  batch_size=args.batch_size, micro_batch_size=args.batch_size, warmup_ratio=0.03, lr=3e-4,
-                  mixed_precision="no", train_parts=("vision", "aligner", "llm"), stage="ocr",
-                  max_length=longest + config.visual_tokens, **chunking)
-    began = time.perf_counter()
-    read = train(TrainConfig(output=str(folder / "read"), data=(sources["random"],), schedule="constant",
-                             max_steps=args.read_steps, preset=config.preset, **common), model_config=config)
-    essays = train(TrainConfig(output=str(folder / "ocr"), data=(sources["essays"],), max_steps=args.ocr_steps,
-                               init=str(read.final), **common))
-    return {"final": essays.final, "losses": {"read": read.losses, "ocr": essays.losses},
-            "train_seconds": round(time.perf_counter() - began, 1)}
+    return train_ratio(K, folder, sources, args, config, 4 * K if chunking else K, **chunking)
 
 
 def main() -> int:

@@ -39,20 +39,24 @@ def sweep_config(chunk_tokens: int):
                                        preset=f"ratio-sweep-k{chunk_tokens}")
 
 
-def train_ratio(chunk_tokens: int, folder: Path, sources: dict[str, str], args) -> dict:
-    """Both training stages for one K; returns the final model folder and the loss curve."""
-    config = sweep_config(chunk_tokens)
-    common = dict(seed=args.seed, progress_bar=args.progress_bar, save_every=10**9, keep_checkpoints=1,
-                  epochs=1000, batch_size=args.batch_size, micro_batch_size=args.batch_size, warmup_ratio=0.03,
-                  lr=3e-4, mixed_precision="no", train_parts=("vision", "aligner", "llm"), stage="ocr",
-                  max_length=chunk_tokens + config.visual_tokens)  # one page per sample
+def train_ratio(chunk_tokens: int, folder: Path, sources: dict[str, str], args, config=None,
+                longest: int | None = None, **chunking) -> dict:
+    """Both training stages for one K (on `config`, default the sweep's; samples of `longest` text
+    tokens at most, default K; `chunking`: TrainConfig's chunking fields); returns the final model
+    folder and the loss curves."""
+    config = config or sweep_config(chunk_tokens)
+    common = dict(seed=args.seed, progress_bar=getattr(args, "progress_bar", False), save_every=10**9,
+                  keep_checkpoints=1, epochs=1000, batch_size=args.batch_size, micro_batch_size=args.batch_size,
+                  warmup_ratio=0.03, lr=3e-4, mixed_precision="no", train_parts=("vision", "aligner", "llm"),
+                  stage="ocr", max_length=(longest or chunk_tokens) + config.visual_tokens,  # one page per sample
+                  **chunking)
     began = time.perf_counter()
     read = train(TrainConfig(output=str(folder / "read"), data=(sources["random"],), schedule="constant",
                              max_steps=args.read_steps, preset=config.preset, **common), model_config=config)
     essays = train(TrainConfig(output=str(folder / "ocr"), data=(sources["essays"],), max_steps=args.ocr_steps,
                                init=str(read.final), **common))
     return {"final": essays.final, "losses": {"read": read.losses, "ocr": essays.losses},
-            "train_seconds": time.perf_counter() - began}
+            "train_seconds": round(time.perf_counter() - began, 1)}
 
 
 def _plots(rows: list[dict], curves: dict[int, dict], out: Path) -> None:

@@ -20,17 +20,11 @@ from vist2.presets import tiny
 from vist2.render import Renderer
 from vist2.tokenizer import byte_tokenizer
 
-WORDS = "the of and to in is was for on that with as by at from this are be or an it not which have".split()
+from test_train import WORDS, corpus
+
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1] / "src"))
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def corpus(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for doc in range(3):
-        (folder / f"{doc}.txt").write_text(" ".join(WORDS[(doc * 7 + i * i) % len(WORDS)] for i in range(200)))
-    return folder
 
 
 def command(data: Path, output: Path, *extra: str) -> list[str]:
