@@ -107,11 +107,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="requests each client sends, one after another")
     parser.add_argument("--clients", default="1,4,8,16")
     parser.add_argument("--modes", default="text,gcc")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="the server's --dtype")
+    parser.add_argument("--chunk-tokens", type=int, help="the server's --chunk-tokens (default: the model's K)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     port, load_before = free_port(), os.getloadavg()
     command = [sys.executable, "-m", "vist2", "serve", "--preset", args.preset, "--port", str(port), "--threads", "1",
-               "--max-batch", "16", "--max-tokens", str(args.tokens), "--default-max-tokens", str(args.tokens)]
+               "--max-batch", "16", "--max-tokens", str(args.tokens), "--default-max-tokens", str(args.tokens),
+               "--dtype", args.dtype] + (["--chunk-tokens", str(args.chunk_tokens)] if args.chunk_tokens else [])
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -218,12 +218,15 @@ def test_cli_serves_and_stops_cleanly_on_sigterm(tmp_path, capsys):
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, "-m", "vist2", "serve", "--preset", "tiny", "--port", str(port),
-                                    "--mode", "text", "--threads", "1"], stdout=out, stderr=subprocess.STDOUT, env=env)
+                                    "--mode", "text", "--threads", "1", "--chunk-tokens", "32"],
+                                   stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_healthy(base)
-        reply = httpx.post(base + "/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 4})
-        assert reply.status_code == 200
+        reply = httpx.post(base + "/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 40,
+                                                           "ignore_eos": True, "mode": "gcc"}, timeout=30)
+        assert reply.status_code == 200  # --chunk-tokens 32: 40 tokens close one chunk (the preset's K is 64)
+        assert reply.json()["usage"]["compression"]["chunks_compressed"] == 1
         body = {"model": "tiny", "prompt": "hi", "max_tokens": 300, "ignore_eos": True, "stream": True}
         with httpx.stream("POST", base + "/v1/completions", json=body, timeout=30) as streamed:
             lines = streamed.iter_lines()

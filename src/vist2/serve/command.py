@@ -7,10 +7,12 @@ from vist2.inputs import check_device, integer
 
 
 def add_serve(commands) -> None:
-    from vist2.cli import add_model_source
+    from vist2.cli import add_chunking_flags, add_model_source
 
     parser = commands.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API, with a live page at /")
     add_model_source(parser)
+    parser.add_argument("--chunk-tokens", type=integer(1), help="K, text tokens per compressed chunk (default: the model's)")
+    add_chunking_flags(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=integer(1, 65535), default=8000, help="TCP port (default 8000)")
     parser.add_argument("--mode", default="gcc", help="mode of requests that name none: gcc, pcc or text (default gcc)")
@@ -33,12 +35,14 @@ def add_serve(commands) -> None:
 def serve(args) -> int:
     from pathlib import Path
 
+    from vist2.cli import check_model_source, chunking_args
     from vist2.generate import MODES
 
     if args.mode not in MODES:
         raise Vist2Error(f"--mode must be one of {', '.join(MODES)}, got {args.mode!r}")
     if args.default_max_tokens > args.max_tokens:
         raise Vist2Error(f"--default-max-tokens {args.default_max_tokens} is more than --max-tokens {args.max_tokens}")
+    check_model_source(args)
     check_device(args.device)
     try:
         import uvicorn
@@ -50,17 +54,20 @@ def serve(args) -> int:
 
     from vist2.engine import Engine
     from vist2.generate import load_model
+    from vist2.options import chunk_options
     from vist2.render import Renderer
     from vist2.serve.protocol import Limits
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
-    engine = Engine(model, tokenizer, max_batch=args.max_batch)
+    renderer = Renderer(model.config.render)
+    options = chunk_options(model, renderer, chunk_tokens=args.chunk_tokens, **chunking_args(args))
+    engine = Engine(model, tokenizer, renderer, options, max_batch=args.max_batch)
     name = args.served_model_name or args.preset or Path(args.model).resolve().name
 
     limits = Limits(args.max_prompt_tokens, args.max_tokens, args.default_max_tokens)
-    app = create_app(engine, tokenizer, Renderer(model.config.render), name, args.mode, limits, args.max_queue)
+    app = create_app(engine, tokenizer, renderer, name, args.mode, limits, args.max_queue)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             timeout_graceful_shutdown=args.shutdown_timeout)
     server = _server_class()(config)
