@@ -62,6 +62,9 @@ def test_invalid_jsonl_names_file_and_line(tmp_path):
     write_jsonl(path, [{"text": "ok"}, {"txt": "typo"}])
     with pytest.raises(Vist2Error, match=r"bad\.jsonl, line 2: needs a string field 'text'"):
         build_dataset("ocr", (str(path),), TOKENIZER, 64, BETA, 400)
+    path.write_text('{"text": "ok"}\n{"text": "x", "weight": NaN}\n')
+    with pytest.raises(Vist2Error, match=r"bad\.jsonl, line 2: not valid JSON \(NaN is not allowed\)"):
+        read_records((str(path),))
 
 
 def caption_records(tmp_path):

@@ -39,16 +39,16 @@ def file_in(root: Path, name: str) -> Path:
     return regular_file(path)
 
 
-def regular_file(path: Path) -> Path:
-    """path, checked to be a regular file of at most MAX_FILE_BYTES."""
+def regular_file(path: Path, max_bytes: int | None = MAX_FILE_BYTES) -> Path:
+    """path, checked to be a regular file of at most `max_bytes` (None: any size)."""
     try:
         info = os.stat(path)
     except OSError as error:
         raise Vist2Error(f"{path}: cannot read ({error.strerror})") from None
     if not stat.S_ISREG(info.st_mode):
         raise Vist2Error(f"{path}: not a regular file")
-    if info.st_size > MAX_FILE_BYTES:
-        raise Vist2Error(f"{path}: {info.st_size} bytes, more than the {MAX_FILE_BYTES} allowed")
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise Vist2Error(f"{path}: {info.st_size} bytes, more than the {max_bytes} allowed")
     return path
 
 
@@ -56,9 +56,10 @@ def _no_constants(name: str) -> float:
     raise ValueError(f"{name} is not allowed")
 
 
-def records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-blank line of a JSONL file; NaN/Infinity are errors."""
-    with open(regular_file(path), "rb") as handle:
+def records(path: Path, max_file_bytes: int | None = MAX_FILE_BYTES) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of a JSONL file of at most `max_file_bytes`
+    (None: any size; lines stay bounded); NaN/Infinity are errors."""
+    with open(regular_file(path, max_file_bytes), "rb") as handle:
         number = 0
         while True:
             raw = handle.readline(MAX_LINE_BYTES + 1)

@@ -17,7 +17,6 @@ A key is (record index, images): the OCR curriculum picks images per sample from
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any, Iterator
@@ -58,18 +57,12 @@ def data_files(paths: tuple[str, ...]) -> list[Path]:
 
 
 def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise Vist2Error(f"{path}, line {number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise Vist2Error(f"{path}, line {number}: expected a JSON object")
-            record["_where"], record["_base"] = f"{path}, line {number}", path.parent
-            yield record
+    """Records of a training JSONL file (any size; lines bounded, NaN/Infinity refused)."""
+    from vist2.eval.jsonl_files import records
+
+    for number, record in records(path, max_file_bytes=None):
+        record["_where"], record["_base"] = f"{path}, line {number}", path.parent
+        yield record
 
 
 def read_records(paths: tuple[str, ...]) -> list[dict[str, Any]]:
