@@ -166,6 +166,24 @@ def test_cli_rerun_resumes_and_other_settings_exit_2(tmp_path, one_thread, capsy
     assert len(error.splitlines()) == 1 and "other settings (--samples)" in error
 
 
+def test_a_second_eval_into_a_folder_in_use_is_refused(tmp_path, one_thread, capsys):
+    from vist2.folder_lock import hold
+
+    data = tmp_path / "gsm.jsonl"
+    data.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
+    out = tmp_path / "o"
+    out.mkdir()
+    held = hold(out, "--out")  # as another eval process would (flock is per open file)
+    argv = ["eval", "gsm8k", "--preset", "tiny", "--data", str(data), "--out", str(out), "--modes", "text",
+            "--max-new-tokens", "2", "--no-progress-bar"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "in use by another run" in error and "--out" in error
+    assert not (out / "predictions.jsonl").exists()
+    held.close()
+    assert main(argv) == 0
+
+
 def test_resume_refuses_a_retrained_model(tmp_path, monkeypatch):
     model = tmp_path / "model"
     model.mkdir()

@@ -23,6 +23,7 @@ from pathlib import Path
 from vist2.errors import Vist2Error
 from vist2.eval import run_folder
 from vist2.eval.sample import EvalSample, Row
+from vist2.folder_lock import hold
 
 MODE_ORDER = ("text", "pcc", "gcc")
 
@@ -40,6 +41,8 @@ def run(args, module) -> list[Row]:
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
     start = time.perf_counter()
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    held = hold(out, "--out")  # a second eval into the same folder is refused while this one runs
     if hasattr(module, "run"):  # no per-sample records to resume from: all files at the end
         rows, records = module.run(args, model, tokenizer)
         run_folder.start(out, args, module, resume=False)
@@ -63,6 +66,8 @@ def run(args, module) -> list[Row]:
         fill = chunk_options(model, **chunking_args(args)).chunking == "fill"
         rows = summarize(module.NAME, records, None if fill else model.config.ratio)
     write_outputs(out, args, module, rows, time.perf_counter() - start)
+    if held is not None:
+        held.close()
     print(table(rows))
     print(f"wrote {', '.join(run_folder.OUTPUTS)} to {args.out}")
     return rows

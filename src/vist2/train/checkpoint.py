@@ -18,17 +18,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 from vist2.errors import Vist2Error
+from vist2.folder_lock import LOCK, hold
 from vist2.model import read_checkpoint_config
 
 PREFIX = "step-"
 TEMPORARY = ".tmp-"
 MARKER = ".vist2-temporary"  # inside every temporary folder this program creates
-LOCK = ".vist2.lock"  # stays after the run: it also marks the folder as a run folder of ours
+# LOCK stays after the run: it also marks the folder as a run folder of ours
 RUN_FILES = ("train_config.json", "losses.json", "loss.png")  # replaced by every run in the folder
 
 
@@ -101,28 +101,7 @@ def lock(output: Path):
     if foreign:
         raise Vist2Error(f"--output {output} holds {', '.join(foreign)} not written by vist2 train (no {LOCK}); "
                          "choose another --output (nothing was overwritten)")
-    try:
-        import fcntl
-    except ImportError:  # no flock on this system: no protection against concurrent runs
-        return None
-    handle = open(output / LOCK, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        if not isinstance(error, BlockingIOError):  # a file system without flock: say so, run unprotected
-            print(f"warning: cannot lock {output / LOCK} ({error}); do not start a second run on it",
-                  file=sys.stderr)
-            return handle
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise Vist2Error(f"{output} is in use by another run ({holder}); wait for it to end or choose "
-                         "another --output") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()}\n")
-    handle.flush()
-    return handle
+    return hold(output, "--output")
 
 
 def write_progress(folder: Path, progress: dict[str, Any]) -> None:
