@@ -174,3 +174,13 @@ def test_dtype_bfloat16_holds_half_the_kv_bytes_of_float32(capsys):
     assert stats["bfloat16"]["generated_tokens"] == 70 and stats["bfloat16"]["chunks_compressed"] == 1
     assert stats["bfloat16"]["kv_tokens_peak"] == stats["float32"]["kv_tokens_peak"]
     assert 2 * stats["bfloat16"]["kv_bytes_peak"] == stats["float32"]["kv_bytes_peak"]
+
+
+def test_chunk_tokens_is_a_generation_option(capsys):
+    assert main(["generate", "--preset", "tiny", "--chunk-tokens", "16", "--mode", "gcc", "--max-new-tokens", "40",
+                 "--ignore-eos", "--json", "--prompt", "hello there"]) == 0
+    stats = json.loads(capsys.readouterr().out)["stats"]
+    assert stats["chunks_compressed"] == 2 and stats["chunk_lengths"] == [16, 16]  # the preset's K is 64
+    with pytest.raises(SystemExit) as refused:  # argparse: one line, exit 2
+        main(["generate", "--preset", "tiny", "--chunk-tokens", "0", "--prompt", "hi"])
+    assert refused.value.code == 2

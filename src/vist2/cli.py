@@ -297,6 +297,7 @@ def _add_generate(commands) -> None:
     prompt.add_argument("--prompt-file", help="read the user query from this UTF-8 file")
     parser.add_argument("--mode", default="gcc", help="gcc (VIST2), pcc (query compressed) or text (default gcc)")
     add_generation_options(parser)
+    parser.add_argument("--chunk-tokens", type=integer(1), help="K, text tokens per compressed chunk (default: the model's)")
     add_chunking_flags(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object: text, mode, stats")
     parser.set_defaults(run=_generate)
@@ -315,7 +316,7 @@ def _generate(args) -> int:
     check_model_source(args)
     check_device(args.device)
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
-    options = chunk_options(model, **chunking_args(args))
+    options = chunk_options(model, chunk_tokens=args.chunk_tokens, **chunking_args(args))
     if args.json:
         result = generate(model, tokenizer, prompt, config, options=options)
         print(json.dumps({"text": result.text, "mode": result.mode, "stats": result.stats.as_dict()}))
