@@ -89,7 +89,7 @@ def density(renderer, tokenizer, text: str, K: int, beta: int, sizes, collapse: 
     fonts, overflow = [], 0
     for page in fixed_texts:
         try:
-            fonts.append(renderer._fit(renderer._normalize(page))[0])
+            fonts.append(renderer._fit(renderer.normalize(page))[0])
         except TextDoesNotFit:
             overflow += 1
     rows.append({"policy": f"fixed K={K}", "min_font_size": None, "chunks": len(fixed),
@@ -139,7 +139,7 @@ def speed(tokens: int, rendered: int) -> dict:
         except TextDoesNotFit:
             return False
 
-    layout_s = per_token(lambda text: renderer.layout(renderer._normalize(text), 10) is not None, rendered * 10)
+    layout_s = per_token(lambda text: renderer.layout(renderer.normalize(text), 10) is not None, rendered * 10)
     render_s = per_token(render_check, rendered)
     return {"tokens": len(ids), "chunks": len(chunks),
             "incremental_decisions_per_s": len(ids) / incremental,

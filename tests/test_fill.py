@@ -47,10 +47,10 @@ def test_incremental_fit_equals_render_and_check(parts, size):
     fit, text = RENDERER.page_fit(size), ""
     for script, start, length in parts:
         piece = (script * 3)[start : start + length]
-        assert fit.fits_with(piece) == (RENDERER.layout(RENDERER._normalize(text + piece), size) is not None)
+        assert fit.fits_with(piece) == (RENDERER.layout(RENDERER.normalize(text + piece), size) is not None)
         fit.extend(piece)
         text += piece
-        assert fit.fits() == (RENDERER.layout(RENDERER._normalize(text), size) is not None)
+        assert fit.fits() == (RENDERER.layout(RENDERER.normalize(text), size) is not None)
     if size == RENDERER.config.min_font_size:
         try:
             RENDERER.render(text)
@@ -74,11 +74,11 @@ def test_fill_chunks_fill_their_page_and_never_exceed_it(parts, size):
     assert "".join(pages) == text
     carried = PageTexts(TOKENIZER)  # the bytes of a character cut by a chunk boundary move on
     for chunk, page, following in zip(chunks, pages, chunks[1:]):
-        assert RENDERER.layout(RENDERER._normalize(page), size) is not None or len(chunk) == 1
+        assert RENDERER.layout(RENDERER.normalize(page), size) is not None or len(chunk) == 1
         if len(chunk) < fill.max_tokens:  # closed by the page: one more token would overflow it
             data = carried.pending + b"".join(token_bytes(TOKENIZER, chunk + following[:1]))
             longer = data[: complete_prefix(data)].decode("utf-8", errors="replace")
-            assert RENDERER.layout(RENDERER._normalize(longer), size) is None
+            assert RENDERER.layout(RENDERER.normalize(longer), size) is None
         carried.next(chunk)
 
 

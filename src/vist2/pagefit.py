@@ -1,7 +1,7 @@
 """The incremental fit test of the `fill` chunking policy: does a growing text still fit one page?
 
-It decides exactly as `Renderer.layout` does, with the renderer's own line breaking
-(`Renderer._place`, the function `render` draws with), but lays out only the new text and the
+It decides exactly as `Renderer.layout` does, with the same line breaking (`linebreak.place`,
+the function `render` draws with), but lays out only the new text and the
 word it continues, so generation can ask after every token. No rasterising.
 
     fit = renderer.page_fit(10)
@@ -11,17 +11,23 @@ word it continues, so generation can ask after every token. No rasterising.
 
 from __future__ import annotations
 
-from vist2.render import LineState, Renderer, _kind, _pieces
+from typing import TYPE_CHECKING
+
+from vist2.linebreak import LineState, kind, pieces, place, place_chars
+
+if TYPE_CHECKING:
+    from vist2.render import Renderer
 
 
 class PageFit:
     """Whether a growing text still fits one page at one font size, decided as `Renderer.layout`
-    decides it (the same `_place`), but laying out only the new text and the word it continues:
+    decides it (the same `place`), but laying out only the new text and the word it continues:
     pieces before the last one are placed for good, the last may still grow. No rasterising."""
 
     def __init__(self, renderer: Renderer, size: int):
         self.renderer, self.size = renderer, size
-        self.widths, self.max_lines = renderer._widths_at(size), renderer._max_lines(size)
+        self.widths, self.max_lines = renderer.widths_at(size), renderer.max_lines(size)
+        self.line_width = renderer.text_width
         self.state = LineState()  # after every piece that can no longer grow
         self.open = ""  # the last piece, which the next text may continue
         self.pending_cr = False  # the text ends in "\r" (a line break if "\n" comes next)
@@ -36,26 +42,26 @@ class PageFit:
 
     def _advance(self, state: LineState, text: str) -> None:
         """Lay out normalized `text` after what `state` and `self.open` hold; the last piece stays
-        open, unless it is a word wider than a line: `_place` breaks such a word by characters,
+        open, unless it is a word wider than a line: `place` breaks such a word by characters,
         greedily, so its placed part never moves and the rest follows character by character."""
         for index, paragraph in enumerate(text.split("\n")):
             if index:
                 if self.open:
-                    self.renderer._place(state, self.open, self.widths)
+                    place(state, self.open, self.widths, self.line_width)
                     self.open = ""
                 self.by_chars = False
                 state.end_paragraph()
             if self.by_chars:
-                lead = next((i for i, c in enumerate(paragraph) if _kind(c) != "word"), len(paragraph))
-                self.renderer._place_chars(state, paragraph[:lead], self.widths)
+                lead = next((i for i, c in enumerate(paragraph) if kind(c) != "word"), len(paragraph))
+                place_chars(state, paragraph[:lead], self.widths, self.line_width)
                 paragraph, self.by_chars = paragraph[lead:], lead == len(paragraph)
-            pieces = _pieces(self.open + paragraph)
-            for piece in pieces[:-1]:
-                self.renderer._place(state, piece, self.widths)
-            self.open = pieces[-1] if pieces else ""
-            if self.open and _kind(self.open[0]) == "word" and \
-                    sum(map(self.widths.__getitem__, self.open)) > self.renderer.text_width:
-                self.renderer._place(state, self.open, self.widths)
+            cut = pieces(self.open + paragraph)
+            for piece in cut[:-1]:
+                place(state, piece, self.widths, self.line_width)
+            self.open = cut[-1] if cut else ""
+            if self.open and kind(self.open[0]) == "word" and \
+                    sum(map(self.widths.__getitem__, self.open)) > self.line_width:
+                place(state, self.open, self.widths, self.line_width)
                 self.open, self.by_chars = "", True
 
     def extend(self, text: str) -> None:
@@ -68,7 +74,7 @@ class PageFit:
         if self.pending_cr:
             text = text[:-1]
         self.started = True
-        self._advance(self.state, self.renderer._normalize(text))
+        self._advance(self.state, self.renderer.normalize(text))
 
     def fits(self) -> bool:
         """Whether all the text so far fits (equals `renderer.layout(text, size) is not None`)."""
@@ -79,7 +85,7 @@ class PageFit:
         if trial.pending_cr:
             trial._advance(state, "\r")
         if trial.open:
-            self.renderer._place(state, trial.open, self.widths)
+            place(state, trial.open, self.widths, self.line_width)
         state.end_paragraph()
         return not state.broken and len(state.lines) <= self.max_lines
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import itertools
 import math
 import os
 import unicodedata
@@ -26,6 +25,8 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageDraw, ImageFont
 
 from vist2.errors import Vist2Error
+from vist2.linebreak import LineState, paragraphs, place
+from vist2.pagefit import PageFit
 
 if TYPE_CHECKING:
     import torch
@@ -93,29 +94,6 @@ def font_coverage(path: str, index: int) -> frozenset[int]:
         return frozenset(font.getBestCmap())
 
 
-def _kind(char: str) -> str:
-    """Wrap class: lines break at spaces, inside over-long words, and around any wide (CJK) character."""
-    if char == " ":
-        return "space"
-    return "wide" if unicodedata.east_asian_width(char) in ("W", "F") else "word"
-
-
-def _pieces(paragraph: str) -> list[str]:
-    """Cut a paragraph into unbreakable pieces: space runs, words, single wide characters."""
-    pieces: list[str] = []
-    for kind, group in itertools.groupby(paragraph, key=_kind):
-        if kind == "wide":
-            pieces.extend(group)
-        else:
-            pieces.append("".join(group))
-    return pieces
-
-
-def _paragraphs(text: str) -> list[list[str]]:
-    """Normalized text as paragraphs (split at newlines) of pieces; no paragraph at all for ""."""
-    return [_pieces(paragraph) for paragraph in text.split("\n")] if text else []
-
-
 class _GlyphWidths(dict):
     """Advance width of each character at one font size, measured on first use."""
 
@@ -181,35 +159,38 @@ class Renderer:
         """Control characters and characters without a glyph are drawn as a box."""
         return ord(char) not in self.coverage or unicodedata.category(char) == "Cc"
 
-    def _widths_at(self, size: int) -> _GlyphWidths:
+    def widths_at(self, size: int) -> _GlyphWidths:
+        """Advance width of each character at this font size (a mapping filled on first use)."""
         if size not in self._widths:
             self._widths[size] = _GlyphWidths(self, size)
         return self._widths[size]
 
-    def _normalize(self, text: str) -> str:
+    def normalize(self, text: str) -> str:
+        """Text as it is laid out: CR LF as one newline, tabs as spaces."""
         return text.replace("\r\n", "\n").replace("\t", " " * self.config.tab_size)
 
-    def _max_lines(self, size: int) -> int:
+    def max_lines(self, size: int) -> int:
+        """Lines that fit the page's height at this font size."""
         return self.text_height // self._pitch(size)
 
     def _surely_too_long(self, counts: Counter, size: int) -> bool:
         """Cheap lower bound on the lines needed: every non-space glyph sits on some line."""
-        widths = self._widths_at(size)
+        widths = self.widths_at(size)
         ink = sum(count * widths[char] for char, count in counts.items() if char not in " \n")
-        return max(counts["\n"] + 1, math.ceil(ink / self.text_width)) > self._max_lines(size)
+        return max(counts["\n"] + 1, math.ceil(ink / self.text_width)) > self.max_lines(size)
 
     def layout(self, text: str, size: int) -> list[str] | None:
         """Lines of normalized text (no tabs, no CR LF) at this font size, or None if they overflow."""
-        return self._layout(_paragraphs(text), size)
+        return self._layout(paragraphs(text), size)
 
     def _layout(self, paragraphs: list[list[str]], size: int) -> list[str] | None:
-        max_lines, widths = self._max_lines(size), self._widths_at(size)
+        max_lines, widths = self.max_lines(size), self.widths_at(size)
         state = LineState()
         for pieces in paragraphs:
             for piece in pieces:
                 if len(state.lines) > max_lines:
                     return None
-                self._place(state, piece, widths)
+                place(state, piece, widths, self.text_width)
                 if state.broken:
                     return None
             state.end_paragraph()
@@ -217,43 +198,12 @@ class Renderer:
                 return None
         return state.lines
 
-    def _place(self, state: LineState, piece: str, widths: _GlyphWidths) -> None:
-        """Greedy line breaking of one unbreakable piece: the one rule that drawing (`render`)
-        and fitting (`fits`, `PageFit`) share, so they can never disagree."""
-        width = sum(map(widths.__getitem__, piece))
-        if state.x + width <= self.text_width:
-            state.line, state.x = state.line + piece, state.x + width
-            return
-        if state.line:
-            state.lines.append(state.line)
-            state.line, state.x = "", 0.0
-            if piece[0] == " ":  # the line break replaces the space
-                return
-            if width <= self.text_width:
-                state.line, state.x = piece, width
-                return
-        self._place_chars(state, piece, widths)  # a piece wider than a whole line: break it by characters
-
-    def _place_chars(self, state: LineState, chars: str, widths: _GlyphWidths) -> None:
-        """Greedy breaking by characters (a piece wider than a line)."""
-        for char in chars:
-            char_width = widths[char]
-            if char_width > self.text_width:
-                state.broken = True
-                return
-            if state.line and state.x + char_width > self.text_width:
-                state.lines.append(state.line)
-                state.line, state.x = "", 0.0
-            state.line, state.x = state.line + char, state.x + char_width
-
-    def page_fit(self, size: int | None = None):
+    def page_fit(self, size: int | None = None) -> PageFit:
         """An incremental fit test at `size` (default: min_font_size) for text that grows token by token."""
         size = self.config.min_font_size if size is None else size
         if not self.config.min_font_size <= size <= self.largest_size:
             raise Vist2Error(f"min_font_size {size} is outside this renderer's sizes "
                              f"[{self.config.min_font_size}, {self.largest_size}]")
-        from vist2.pagefit import PageFit
-
         return PageFit(self, size)
 
     def _fit(self, text: str) -> tuple[int, list[str]]:
@@ -262,14 +212,14 @@ class Renderer:
         low, high = self.config.min_font_size, self.largest_size
         if self._surely_too_long(counts, low):
             raise self._does_not_fit(text)
-        paragraphs = _paragraphs(text)
-        best = self._layout(paragraphs, low)
+        pieces = paragraphs(text)
+        best = self._layout(pieces, low)
         if best is None:
             raise self._does_not_fit(text)
         best_size = low
         while low < high:
             size = (low + high + 1) // 2
-            lines = None if self._surely_too_long(counts, size) else self._layout(paragraphs, size)
+            lines = None if self._surely_too_long(counts, size) else self._layout(pieces, size)
             if lines is None:
                 high = size - 1
             else:
@@ -285,14 +235,14 @@ class Renderer:
     def fits(self, text: str) -> bool:
         """Whether the text fits one page at a legible size (the rule `render` applies)."""
         try:
-            self._fit(self._normalize(text))
+            self._fit(self.normalize(text))
         except TextDoesNotFit:
             return False
         return True
 
     def render(self, text: str) -> RenderedPage:
         """Draw one chunk of text on a page at the largest font size that fits it."""
-        text = self._normalize(text)
+        text = self.normalize(text)
         size, lines = self._fit(text)
         font, pitch = self._font(size), self._pitch(size)
         ascent, descent = font.getmetrics()
@@ -307,7 +257,7 @@ class Renderer:
 
     def _draw_line(self, draw: ImageDraw.ImageDraw, line: str, x: float, baseline: float, size: int) -> int:
         """Draw runs of covered characters as whole strings, boxes for the rest; count boxes."""
-        font, widths, missing, run_start = self._font(size), self._widths_at(size), 0, 0
+        font, widths, missing, run_start = self._font(size), self.widths_at(size), 0, 0
         run_x = x
         for i, char in enumerate(line):
             if self.is_placeholder(char):
@@ -334,26 +284,3 @@ class Renderer:
             return torch.empty(0, 1, self.config.height, self.config.width)
         pixels = np.stack([np.asarray(self.render(text).image) for text in texts])
         return torch.from_numpy(pixels).float().div_(255).unsqueeze(1)
-
-
-class LineState:
-    """Where greedy line breaking stands: finished lines, the current line and its width."""
-
-    __slots__ = ("lines", "line", "x", "first_line", "broken")
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.line, self.x = "", 0.0
-        self.first_line = 0  # index of the current paragraph's first line
-        self.broken = False  # a character wider than a whole line was met: nothing fits
-
-    def copy(self) -> LineState:
-        other = LineState()
-        other.lines, other.line, other.x = list(self.lines), self.line, self.x
-        other.first_line, other.broken = self.first_line, self.broken
-        return other
-
-    def end_paragraph(self) -> None:
-        if self.line or len(self.lines) == self.first_line:  # an empty paragraph still takes a line
-            self.lines.append(self.line)
-        self.line, self.x, self.first_line = "", 0.0, len(self.lines)
