@@ -190,7 +190,7 @@ def test_resume_refuses_a_retrained_model(tmp_path, monkeypatch):
     (model / "model.safetensors").write_bytes(b"weights")
     args = _args(tmp_path, "--samples", "1")
     args.preset, args.model = None, str(model)
-    monkeypatch.setattr("vist2.cli.check_model_source", lambda args: None)
+    monkeypatch.setattr("vist2.flags.check_model_source", lambda args: None)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "run.json").write_text(json.dumps(runner.run_folder.settings(args, _fake_benchmark())))
     runner.check_arguments(args, _fake_benchmark())  # the same weights: resumable

@@ -21,7 +21,7 @@ BENCHMARKS = [
 
 
 def add_eval(commands) -> None:
-    from vist2.cli import add_debug_flag
+    from vist2.flags import add_debug_flag
 
     parser = commands.add_parser("eval", help="score a model on a benchmark in text, pcc and gcc modes",
                                  description="Generate every sample of a benchmark in each mode and score it; "
@@ -43,7 +43,7 @@ def add_eval(commands) -> None:
 
 
 def add_common_arguments(parser, name: str) -> None:
-    from vist2.cli import add_chunking_flags, add_generation_options, add_model_source
+    from vist2.flags import add_chunking_flags, add_generation_options, add_model_source
 
     add_model_source(parser)
     parser.add_argument("--modes", default="text,pcc,gcc", help="comma-separated modes (default text,pcc,gcc)")

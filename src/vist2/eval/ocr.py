@@ -166,7 +166,7 @@ def check_arguments(args) -> None:
 def run(args, model, tokenizer) -> tuple[list[Row], list[dict]]:
     """One row per --data path; all input is checked before any page is read."""
     check_arguments(args)
-    from vist2.cli import chunking_args
+    from vist2.flags import chunking_args
     from vist2.options import chunk_options
     from vist2.render import Renderer
 

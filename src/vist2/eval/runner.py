@@ -60,7 +60,7 @@ def run(args, module) -> list[Row]:
                 print(f"finished predictions are in {out / run_folder.PREDICTIONS}; rerun the same command to "
                       "resume", file=sys.stderr)
                 raise
-        from vist2.cli import chunking_args
+        from vist2.flags import chunking_args
         from vist2.options import chunk_options
 
         fill = chunk_options(model, **chunking_args(args)).chunking == "fill"
@@ -75,7 +75,7 @@ def run(args, module) -> list[Row]:
 
 def check_arguments(args, module) -> list[str]:
     """Every common flag, the benchmark's own (check_arguments) and the output folder; the modes."""
-    from vist2.cli import check_model_source, generation_config
+    from vist2.flags import check_model_source, generation_config
     from vist2.generate import MODES
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -126,7 +126,7 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
     records of these samples and modes, mode by mode in sample order."""
     from tqdm import tqdm
 
-    from vist2.cli import chunking_args, generation_config
+    from vist2.flags import chunking_args, generation_config
     from vist2.generate import generate
     from vist2.options import chunk_options
 

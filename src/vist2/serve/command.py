@@ -7,7 +7,7 @@ from vist2.inputs import check_device, integer
 
 
 def add_serve(commands) -> None:
-    from vist2.cli import add_chunking_flags, add_model_source
+    from vist2.flags import add_chunking_flags, add_model_source
 
     parser = commands.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API, with a live page at /")
     add_model_source(parser)
@@ -35,7 +35,7 @@ def add_serve(commands) -> None:
 def serve(args) -> int:
     from pathlib import Path
 
-    from vist2.cli import check_model_source, chunking_args
+    from vist2.flags import check_model_source, chunking_args
     from vist2.generate import MODES
 
     if args.mode not in MODES:
