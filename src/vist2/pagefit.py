@@ -11,12 +11,9 @@ word it continues, so generation can ask after every token. No rasterising.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
 
 from vist2.linebreak import LineState, kind, pieces, place, place_chars
-
-if TYPE_CHECKING:
-    from vist2.render import Renderer
 
 
 class PageFit:
@@ -24,10 +21,9 @@ class PageFit:
     decides it (the same `place`), but laying out only the new text and the word it continues:
     pieces before the last one are placed for good, the last may still grow. No rasterising."""
 
-    def __init__(self, renderer: Renderer, size: int):
-        self.renderer, self.size = renderer, size
-        self.widths, self.max_lines = renderer.widths_at(size), renderer.max_lines(size)
-        self.line_width = renderer.text_width
+    def __init__(self, widths: Mapping[str, float], max_lines: int, line_width: float,
+                 normalize: Callable[[str], str]):
+        self.widths, self.max_lines, self.line_width, self.normalize = widths, max_lines, line_width, normalize
         self.state = LineState()  # after every piece that can no longer grow
         self.open = ""  # the last piece, which the next text may continue
         self.pending_cr = False  # the text ends in "\r" (a line break if "\n" comes next)
@@ -74,7 +70,7 @@ class PageFit:
         if self.pending_cr:
             text = text[:-1]
         self.started = True
-        self._advance(self.state, self.renderer.normalize(text))
+        self._advance(self.state, self.normalize(text))
 
     def fits(self) -> bool:
         """Whether all the text so far fits (equals `renderer.layout(text, size) is not None`)."""

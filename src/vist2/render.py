@@ -204,7 +204,7 @@ class Renderer:
         if not self.config.min_font_size <= size <= self.largest_size:
             raise Vist2Error(f"min_font_size {size} is outside this renderer's sizes "
                              f"[{self.config.min_font_size}, {self.largest_size}]")
-        return PageFit(self, size)
+        return PageFit(self.widths_at(size), self.max_lines(size), self.text_width, self.normalize)
 
     def _fit(self, text: str) -> tuple[int, list[str]]:
         """Largest font size at which the text fits, with its lines (binary search)."""
