@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from vist2.cli import main
 
 
@@ -36,6 +38,33 @@ def test_loogle_runs(tmp_path, one_thread):
     assert main(["eval", "loogle", "--preset", "tiny", "--data", str(tmp_path), "--tasks", "shortdep_qa",
                  "--modes", "pcc", "--max-new-tokens", "3", "--out", str(out), "--no-progress-bar"]) == 0
     assert [(r["task"], r["mode"]) for r in _rows(out)] == [("shortdep_qa", "pcc")]
+
+
+def test_loogle_cloze_rows_pool_masks_over_questions(tmp_path, one_thread, monkeypatch):
+    import dataclasses
+
+    import vist2.generate
+
+    pairs = [{"Q": "<mask-0> lives in <mask-1>.", "A": {"<mask-0>": "John Smith", "<mask-1>": "London"}},
+             {"Q": "He moved to <mask-0>.", "A": {"<mask-0>": "Paris"}}]
+    _jsonl(tmp_path / "shortdep_cloze.jsonl", [{"input": "John Smith of London went to Paris. " * 5, "title": "J",
+                                                "output": "none", "qa_pairs": str(pairs)}])
+    answers = {"lives in": "{'<mask-0>': 'John', '<mask-1>': 'London'}", "moved to": "{'<mask-0>': 'Paris'}"}
+    real = vist2.generate.generate
+
+    def answering(model, tokenizer, prompts, config, **kwargs):  # the model's stats, our predictions
+        results = real(model, tokenizer, prompts, config, **kwargs)
+        texts = [next(a for q, a in answers.items() if q in prompt) for prompt in prompts]
+        return [dataclasses.replace(result, text=text) for result, text in zip(results, texts)]
+
+    monkeypatch.setattr(vist2.generate, "generate", answering)
+    out = tmp_path / "out"
+    assert main(["eval", "loogle", "--preset", "tiny", "--data", str(tmp_path), "--tasks", "shortdep_cloze",
+                 "--modes", "text", "--max-new-tokens", "2", "--out", str(out), "--no-progress-bar"]) == 0
+    (row,) = _rows(out)
+    assert row["n"] == 2 and row["score"] == pytest.approx(200 / 3) and row["partial_match"] == 100.0
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["scores"]["score"] for r in records) == [50.0, 100.0]  # per question; the mean would be 75
 
 
 def test_ocr_runs(tmp_path, one_thread):

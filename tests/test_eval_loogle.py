@@ -48,7 +48,8 @@ def test_reads_all_four_tasks_with_loogle_prompts(tmp_path):
 
     assert loogle.score(qa, "In Jerez.")["score"] == pytest.approx(100.0)
     assert set(loogle.score(summary, "")) == {"score", "bleu1", "bleu4", "rouge1", "rouge2"}
-    assert loogle.score(fill, "{'<mask-0>': 'Picardo', '<mask-1>': 'Madrid'}") == {"score": 50.0, "partial_match": 50.0}
+    assert loogle.score(fill, "{'<mask-0>': 'Picardo', '<mask-1>': 'Madrid'}") == {
+        "score": 50.0, "partial_match": 50.0, "exact_matches": 1, "partial_matches": 1, "masks": 2}
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,10 @@ Prompts and answer lengths are those of LooGLE's prediction scripts (config/task
 config/task2maxlen.json).
 
 Scores (0-100, metrics.py): QA and summarization: "score" is ROUGE-L recall, with BLEU-1,
-BLEU-4, ROUGE-1 and ROUGE-2 beside it; cloze: "score" is the exact match share of masks,
-with partial match beside it. Not computed: METEOR (needs the WordNet corpus), BERTScore
+BLEU-4, ROUGE-1 and ROUGE-2 beside it; cloze: "score" is exact match, with partial match
+beside it, each pooled over the masks of all questions as LooGLE's scorer pools them (a row's
+score is matched masks / masks of its questions, not the mean of per-question shares; a
+prediction record's "score" is its own question's share, and its mask counts are beside it). Not computed: METEOR (needs the WordNet corpus), BERTScore
 (needs model weights) and LooGLE's GPT-4 judge (needs an API).
 """
 
@@ -21,12 +23,13 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+from dataclasses import replace
 
 from vist2.errors import Vist2Error
 from vist2.eval import jsonl_files
 from vist2.eval.longbench import middle_truncate, task_files
-from vist2.eval.metrics import loogle_cloze, loogle_similarity
-from vist2.eval.sample import EvalSample
+from vist2.eval.metrics import loogle_cloze, loogle_match_score, loogle_similarity
+from vist2.eval.sample import EvalSample, Row
 
 NAME = "loogle"
 QA_PROMPT = "Please answer the question based on the long texts below. \n{input}\nQuestion: {Q}\nAnswer: "
@@ -153,11 +156,23 @@ def load_samples(args: argparse.Namespace, tokenizer) -> list[EvalSample]:
 
 
 def score(sample: EvalSample, prediction: str) -> dict[str, float]:
-    """LooGLE's offline metrics for one prediction, 0-100 (see the module docstring)."""
+    """LooGLE's offline metrics for one prediction, 0-100 (see the module docstring); for cloze
+    also the question's mask counts, which `pool` sums over a row."""
     if sample.task == "shortdep_cloze":
-        match = loogle_cloze(prediction, sample.extra["masks"])
-        return {"score": 100 * match["exact_match"], "partial_match": 100 * match["partial_match"]}
+        counts = loogle_cloze(prediction, sample.extra["masks"])
+        match = loogle_match_score([counts])
+        return {"score": match["exact_match"], "partial_match": match["partial_match"], **counts}
     metrics = loogle_similarity(prediction, sample.references[0])
     scores = {"score": 100 * metrics["rougeL"]}
     scores.update({name: 100 * metrics[name] for name in ("bleu1", "bleu4", "rouge1", "rouge2")})
     return scores
+
+
+def pool(row: Row) -> Row:
+    """A cloze row scored as LooGLE pools it: its means of mask counts per question give the
+    same ratio as the sums (matched masks / masks), which replaces the mean of shares."""
+    if "masks" not in row.extra:
+        return row
+    counts = {name: row.extra[name] for name in ("exact_matches", "partial_matches", "masks")}
+    match = loogle_match_score([counts])
+    return replace(row, score=match["exact_match"], extra={**row.extra, "partial_match": match["partial_match"]})

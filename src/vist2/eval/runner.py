@@ -2,7 +2,8 @@
 
 A benchmark module exposes NAME, add_arguments(parser), load_samples(args, tokenizer) and
 score(sample, prediction) (or run(args, model, tokenizer) -> (rows, records)); optionally
-check_arguments(args), called before anything is loaded, and PACKAGES, versions to record.
+check_arguments(args), called before anything is loaded, pool(row), which turns a row's means
+into the benchmark's own pooled score, and PACKAGES, versions to record.
 The runner writes into --out only the files it owns (`run_folder`): each prediction is appended
 to predictions.jsonl as it finishes, so an interrupted run resumes when rerun into the same folder.
 
@@ -65,6 +66,7 @@ def run(args, module) -> list[Row]:
 
         fill = chunk_options(model, **chunking_args(args)).chunking == "fill"
         rows = summarize(module.NAME, records, None if fill else model.config.ratio)
+        rows = [module.pool(row) for row in rows] if hasattr(module, "pool") else rows
     write_outputs(out, args, module, rows, time.perf_counter() - start)
     if held is not None:
         held.close()
