@@ -40,24 +40,12 @@ def test_loogle_runs(tmp_path, one_thread):
     assert [(r["task"], r["mode"]) for r in _rows(out)] == [("shortdep_qa", "pcc")]
 
 
-def test_loogle_cloze_rows_pool_masks_over_questions(tmp_path, one_thread, monkeypatch):
-    import dataclasses
-
-    import vist2.generate
-
+def test_loogle_cloze_rows_pool_masks_over_questions(tmp_path, one_thread, fixed_predictions):
     pairs = [{"Q": "<mask-0> lives in <mask-1>.", "A": {"<mask-0>": "John Smith", "<mask-1>": "London"}},
              {"Q": "He moved to <mask-0>.", "A": {"<mask-0>": "Paris"}}]
     _jsonl(tmp_path / "shortdep_cloze.jsonl", [{"input": "John Smith of London went to Paris. " * 5, "title": "J",
                                                 "output": "none", "qa_pairs": str(pairs)}])
-    answers = {"lives in": "{'<mask-0>': 'John', '<mask-1>': 'London'}", "moved to": "{'<mask-0>': 'Paris'}"}
-    real = vist2.generate.generate
-
-    def answering(model, tokenizer, prompts, config, **kwargs):  # the model's stats, our predictions
-        results = real(model, tokenizer, prompts, config, **kwargs)
-        texts = [next(a for q, a in answers.items() if q in prompt) for prompt in prompts]
-        return [dataclasses.replace(result, text=text) for result, text in zip(results, texts)]
-
-    monkeypatch.setattr(vist2.generate, "generate", answering)
+    fixed_predictions({"lives in": "{'<mask-0>': 'John', '<mask-1>': 'London'}", "moved to": "{'<mask-0>': 'Paris'}"})
     out = tmp_path / "out"
     assert main(["eval", "loogle", "--preset", "tiny", "--data", str(tmp_path), "--tasks", "shortdep_cloze",
                  "--modes", "text", "--max-new-tokens", "2", "--out", str(out), "--no-progress-bar"]) == 0

@@ -107,3 +107,9 @@ def test_hostile_folders_are_refused(tmp_path, monkeypatch):
     _write(data / "2wikimqa.jsonl", [_record(0, context="x" * 200)])
     with pytest.raises(Vist2Error, match="2wikimqa.jsonl, line 1: longer than 100 bytes"):
         longbench.load_samples(_args(data, "2wikimqa"), None)
+
+
+def test_duplicate_ids_are_refused_naming_both_lines(tmp_path):
+    _write(tmp_path / "hotpotqa.jsonl", [_record(0), _record(1), _record(2, _id="id0")])
+    with pytest.raises(Vist2Error, match=r"hotpotqa.jsonl, lines 1 and 3: both have _id 'id0'"):
+        longbench.load_samples(_args(tmp_path, "hotpotqa"), None)

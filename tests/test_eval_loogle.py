@@ -34,11 +34,11 @@ def test_reads_all_four_tasks_with_loogle_prompts(tmp_path):
     _write(tmp_path / "shortdep_cloze.jsonl", [_doc(str(cloze), output="None")])
     samples = loogle.load_samples(_args(tmp_path), None)
     assert [(s.task, s.id, s.max_new_tokens) for s in samples] == [
-        ("shortdep_qa", "Picardo#0", 300),
-        ("shortdep_qa", "Picardo#1", 300),
-        ("longdep_qa", "Picardo#0", 500),
-        ("longdep_summarization", "Picardo#0", 500),
-        ("shortdep_cloze", "Picardo#0", 50),
+        ("shortdep_qa", "line1:Picardo#0", 300),
+        ("shortdep_qa", "line1:Picardo#1", 300),
+        ("longdep_qa", "line1:Picardo#0", 500),
+        ("longdep_summarization", "line1:Picardo#0", 500),
+        ("shortdep_cloze", "line1:Picardo#0", 50),
     ]
     qa, _, _, summary, fill = samples
     assert qa.query == f"Please answer the question based on the long texts below. \n{TEXT}\nQuestion: Where was Picardo born?\nAnswer: "
@@ -77,3 +77,9 @@ def test_bad_task_and_cloze_answers(tmp_path):
     _write(tmp_path / "longdep_summarization.jsonl", [_doc("none", output="")])
     with pytest.raises(Vist2Error, match="line 1: a summarization record needs"):
         loogle.load_samples(_args(tmp_path, "longdep_summarization"), None)
+
+
+def test_documents_sharing_a_title_keep_distinct_ids(tmp_path):
+    _write(tmp_path / "shortdep_qa.jsonl", [_doc([{"Q": "Where?", "A": "Jerez"}]), _doc([{"Q": "When?", "A": "1919"}])])
+    samples = loogle.load_samples(_args(tmp_path, "shortdep_qa"), None)
+    assert [s.id for s in samples] == ["line1:Picardo#0", "line2:Picardo#0"]

@@ -3,6 +3,7 @@
 import argparse
 import json
 import types
+from dataclasses import replace
 
 import pytest
 
@@ -197,3 +198,12 @@ def test_resume_refuses_a_retrained_model(tmp_path, monkeypatch):
     (model / "model.safetensors").write_bytes(b"retrained weights")
     with pytest.raises(Vist2Error, match="the --model weights changed"):
         runner.check_arguments(args, _fake_benchmark())
+
+
+def test_samples_sharing_a_key_are_refused_before_generating(tmp_path, one_thread, monkeypatch):
+    benchmark = _fake_benchmark()
+    plain = benchmark.load_samples
+    benchmark.load_samples = lambda args, tokenizer: [replace(s, id="same") for s in plain(args, tokenizer)]
+    monkeypatch.setattr("vist2.generate.generate", lambda *a, **k: pytest.fail("generated"))
+    with pytest.raises(Vist2Error, match="two samples of task alpha have the id 'same'"):
+        runner.run(_args(tmp_path, "--samples", "2", "--modes", "text"), benchmark)

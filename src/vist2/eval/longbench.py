@@ -74,9 +74,10 @@ def middle_truncate(prompt: str, tokenizer, max_tokens: int | None) -> str:
 
 def read_subset(path, task: str, e: bool, tokenizer=None, max_prompt_tokens: int | None = None) -> list[EvalSample]:
     """Every record of one subset file as an EvalSample, each field checked."""
-    samples = []
+    samples, ids = [], {}
     for number, record in jsonl_files.records(path):
         where = f"{path}, line {number}"
+        sample_id = jsonl_files.unique_id(ids, _string(record, "_id", where), path, number, "_id")
         context, question = _string(record, "context", where), _string(record, "input", where)
         answers = _strings(record.get("answers"), "answers", where)
         classes = record.get("all_classes")
@@ -89,7 +90,7 @@ def read_subset(path, task: str, e: bool, tokenizer=None, max_prompt_tokens: int
         prompt = middle_truncate(DATASET_PROMPT[task].format(context=context, input=question), tokenizer, max_prompt_tokens)
         samples.append(
             EvalSample(
-                id=_string(record, "_id", where),
+                id=sample_id,
                 task=task,
                 query=prompt,
                 references=answers,

@@ -6,7 +6,8 @@ DIR holds `<task>.jsonl` for the tasks below, as LooGLE distributes them (its
 LooGLE-testdata/ folder or the Hugging Face dataset saved as JSONL). Each line is one
 document: `input` (the long text), `title`, `qa_pairs` (a list of {"Q", "A", ...} records,
 usually written as a Python-literal string; "none" for summarization) and `output` (the
-summary). Every question becomes one sample; a summarization document is one sample.
+summary). Every question becomes one sample; a summarization document is one sample. A
+sample's id is `line<N>:<title>#<question index>`, unique even where documents share a title.
 Prompts and answer lengths are those of LooGLE's prediction scripts (config/task2prompt.json,
 config/task2maxlen.json).
 
@@ -130,7 +131,7 @@ def read_task(path, task: str, tokenizer=None, max_prompt_tokens: int | None = N
             reference = json.dumps(answer, ensure_ascii=False) if isinstance(answer, dict) else answer
             samples.append(
                 EvalSample(
-                    id=f"{title}#{index}",
+                    id=f"line{number}:{title}#{index}",
                     task=task,
                     query=prompt,
                     references=(reference,),

@@ -53,6 +53,7 @@ def run(args, module) -> list[Row]:
         samples = module.load_samples(args, tokenizer)
         if not samples:
             raise Vist2Error(f"{module.NAME}: no samples to evaluate")
+        check_unique(module.NAME, samples)
         done = run_folder.start(out, args, module, resume)
         with open(out / run_folder.PREDICTIONS, "a", encoding="utf-8") as handle:
             try:
@@ -100,6 +101,16 @@ def check_arguments(args, module) -> list[str]:
         module.check_arguments(args)
     run_folder.check(Path(args.out), args, module)
     return sorted(modes, key=MODE_ORDER.index)
+
+
+def check_unique(benchmark: str, samples: list[EvalSample]) -> None:
+    """Refuse two samples with one prediction key: they would share a record and one score."""
+    seen = set()
+    for sample in samples:
+        if (sample.task, sample.length, sample.id) in seen:
+            raise Vist2Error(f"{benchmark}: two samples of task {sample.task} have the id {sample.id!r}; "
+                             "sample ids must be unique")
+        seen.add((sample.task, sample.length, sample.id))
 
 
 def chat_template(sample: EvalSample) -> bool:
