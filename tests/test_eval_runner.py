@@ -3,6 +3,7 @@
 import argparse
 import json
 import types
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -36,6 +37,13 @@ def _args(tmp_path, *flags):
     return args
 
 
+def _claim(args, module):
+    """The folder check of a run, under its lock (released at once)."""
+    held, resume = runner.claim(Path(args.out), args, module)
+    held.close()
+    return resume
+
+
 def test_runner_writes_rows_predictions_and_plot(tmp_path, one_thread, capsys):
     rows = runner.run(_args(tmp_path, "--samples", "2", "--modes", "gcc,text", "--batch-size", "2"), _fake_benchmark())
     out = tmp_path / "out"
@@ -61,11 +69,11 @@ def test_runner_never_replaces_files_it_did_not_write(tmp_path):
     (out / "notes.txt").write_text("mine")
     (out / "results.json").write_text("an earlier run")
     with pytest.raises(Vist2Error, match="--overwrite"):
-        runner.check_arguments(_args(tmp_path), _fake_benchmark())
-    runner.check_arguments(_args(tmp_path, "--overwrite"), _fake_benchmark())
+        _claim(_args(tmp_path), _fake_benchmark())
+    _claim(_args(tmp_path, "--overwrite"), _fake_benchmark())
     (tmp_path / "file").write_text("x")
     with pytest.raises(Vist2Error, match="not a folder"):
-        runner.check_arguments(_args(tmp_path, "--out", str(tmp_path / "file")), _fake_benchmark())
+        _claim(_args(tmp_path, "--out", str(tmp_path / "file")), _fake_benchmark())
     assert (out / "notes.txt").read_text() == "mine"
 
 
@@ -117,12 +125,12 @@ def test_interrupted_run_resumes_to_the_same_summary(tmp_path, one_thread, capsy
 def test_resume_refuses_other_settings_and_foreign_files(tmp_path, one_thread):
     runner.run(_args(tmp_path, "--samples", "1", "--modes", "text", "--max-new-tokens", "2"), _fake_benchmark())
     with pytest.raises(Vist2Error, match="other settings .--samples"):
-        runner.check_arguments(_args(tmp_path, "--samples", "2", "--max-new-tokens", "2"), _fake_benchmark())
-    runner.check_arguments(_args(tmp_path, "--samples", "1", "--max-new-tokens", "2", "--modes", "gcc"),
+        _claim(_args(tmp_path, "--samples", "2", "--max-new-tokens", "2"), _fake_benchmark())
+    _claim(_args(tmp_path, "--samples", "1", "--max-new-tokens", "2", "--modes", "gcc"),
                            _fake_benchmark())  # another mode of the same run: resumable
     (tmp_path / "out" / "run.json").unlink()
     with pytest.raises(Vist2Error, match="without run.json; pass --overwrite"):
-        runner.check_arguments(_args(tmp_path, "--samples", "1", "--max-new-tokens", "2"), _fake_benchmark())
+        _claim(_args(tmp_path, "--samples", "1", "--max-new-tokens", "2"), _fake_benchmark())
 
 
 def test_samples_without_chat_template_get_the_bare_query(tiny, tmp_path, one_thread):
@@ -194,10 +202,10 @@ def test_resume_refuses_a_retrained_model(tmp_path, monkeypatch):
     monkeypatch.setattr("vist2.cli.check_model_source", lambda args: None)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "run.json").write_text(json.dumps(runner.run_folder.settings(args, _fake_benchmark())))
-    runner.check_arguments(args, _fake_benchmark())  # the same weights: resumable
+    _claim(args, _fake_benchmark())  # the same weights: resumable
     (model / "model.safetensors").write_bytes(b"retrained weights")
     with pytest.raises(Vist2Error, match="the --model weights changed"):
-        runner.check_arguments(args, _fake_benchmark())
+        _claim(args, _fake_benchmark())
 
 
 def test_samples_sharing_a_key_are_refused_before_generating(tmp_path, one_thread, monkeypatch):
@@ -207,3 +215,23 @@ def test_samples_sharing_a_key_are_refused_before_generating(tmp_path, one_threa
     monkeypatch.setattr("vist2.generate.generate", lambda *a, **k: pytest.fail("generated"))
     with pytest.raises(Vist2Error, match="two samples of task alpha have the id 'same'"):
         runner.run(_args(tmp_path, "--samples", "2", "--modes", "text"), benchmark)
+
+
+def test_a_second_eval_is_refused_before_it_reads_or_writes_the_folder(tmp_path, one_thread, capsys, monkeypatch):
+    from vist2.folder_lock import hold
+
+    data = tmp_path / "gsm.jsonl"
+    data.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
+    out = tmp_path / "o"
+    argv = ["eval", "gsm8k", "--preset", "tiny", "--data", str(data), "--out", str(out), "--modes", "text",
+            "--no-progress-bar"]
+    assert main([*argv, "--max-new-tokens", "2"]) == 0
+    first = {name: (out / name).read_bytes() for name in runner.run_folder.OUTPUTS}
+    held = hold(out, "--out")  # the first run, still writing
+    monkeypatch.setattr("vist2.generate.load_model", lambda *a: pytest.fail("loaded a model"))
+    for flags in (["--max-new-tokens", "3"], ["--max-new-tokens", "3", "--overwrite"]):  # other settings
+        assert main([*argv, *flags]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and "in use by another run" in error
+    held.close()
+    assert {name: (out / name).read_bytes() for name in runner.run_folder.OUTPUTS} == first

@@ -30,9 +30,34 @@ MODE_ORDER = ("text", "pcc", "gcc")
 
 
 def run(args, module) -> list[Row]:
-    """Check every flag, load the model, evaluate, write the outputs and print the table."""
+    """Check every flag, lock --out and check what it holds, load the model, evaluate, write the
+    outputs and print the table."""
     modes = check_arguments(args, module)
-    resume = run_folder.check(Path(args.out), args, module)
+    out = Path(args.out)
+    held, resume = claim(out, args, module)
+    try:
+        return _run(args, module, modes, out, resume)
+    finally:
+        if held is not None:
+            held.close()
+
+
+def claim(out: Path, args, module):
+    """Create --out and lock it for this process, then check what it holds: under the lock, so no
+    other run writes there between this check and our writes. (lock or None, resume)."""
+    if out.exists() and not out.is_dir():
+        raise Vist2Error(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    held = hold(out, "--out")  # a second eval into the same folder is refused while this one runs
+    try:
+        return held, run_folder.check(out, args, module)
+    except BaseException:
+        if held is not None:
+            held.close()
+        raise
+
+
+def _run(args, module, modes: list[str], out: Path, resume: bool) -> list[Row]:
     import torch
 
     from vist2.generate import load_model
@@ -41,9 +66,6 @@ def run(args, module) -> list[Row]:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
     start = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    held = hold(out, "--out")  # a second eval into the same folder is refused while this one runs
     if hasattr(module, "run"):  # no per-sample records to resume from: all files at the end
         rows, records = module.run(args, model, tokenizer)
         run_folder.start(out, args, module, resume=False)
@@ -69,15 +91,13 @@ def run(args, module) -> list[Row]:
         rows = summarize(module.NAME, records, None if fill else model.config.ratio)
         rows = [module.pool(row) for row in rows] if hasattr(module, "pool") else rows
     write_outputs(out, args, module, rows, time.perf_counter() - start)
-    if held is not None:
-        held.close()
     print(table(rows))
     print(f"wrote {', '.join(run_folder.OUTPUTS)} to {args.out}")
     return rows
 
 
 def check_arguments(args, module) -> list[str]:
-    """Every common flag, the benchmark's own (check_arguments) and the output folder; the modes."""
+    """Every common flag and the benchmark's own (check_arguments), before --out is touched; the modes."""
     from vist2.cli import check_model_source, generation_config
     from vist2.generate import MODES
 
@@ -99,7 +119,6 @@ def check_arguments(args, module) -> list[str]:
     check_model_source(args)
     if hasattr(module, "check_arguments"):
         module.check_arguments(args)
-    run_folder.check(Path(args.out), args, module)
     return sorted(modes, key=MODE_ORDER.index)
 
 
