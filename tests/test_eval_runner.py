@@ -39,9 +39,9 @@ def _args(tmp_path, *flags):
 
 def _claim(args, module):
     """The folder check of a run, under its lock (released at once)."""
-    held, resume = runner.claim(Path(args.out), args, module)
+    held, earlier = runner.claim(Path(args.out), args, module)
     held.close()
-    return resume
+    return earlier
 
 
 def test_runner_writes_rows_predictions_and_plot(tmp_path, one_thread, capsys):
@@ -235,3 +235,27 @@ def test_a_second_eval_is_refused_before_it_reads_or_writes_the_folder(tmp_path,
         assert len(error.splitlines()) == 1 and "in use by another run" in error
     held.close()
     assert {name: (out / name).read_bytes() for name in runner.run_folder.OUTPUTS} == first
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.pop("scores"), "field 'scores' is missing or not a dict"),
+    (lambda r: r["scores"].update(score="high"), "field 'scores' must hold 'score' and only finite numbers"),
+    (lambda r: r.update(length="long"), "field 'length' must be an integer or null"),
+    (lambda r: r["stats"].pop("kv_tokens_peak"), "field 'stats' must hold finite numbers"),
+])
+def test_a_damaged_record_to_resume_is_refused_before_loading(tmp_path, one_thread, capsys, monkeypatch, change,
+                                                                message):
+    data = tmp_path / "gsm.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(2)))
+    out = tmp_path / "o"
+    argv = ["eval", "gsm8k", "--preset", "tiny", "--data", str(data), "--out", str(out), "--modes", "text",
+            "--max-new-tokens", "2", "--no-progress-bar"]
+    assert main(argv) == 0
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    change(records[1])
+    (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    capsys.readouterr()
+    monkeypatch.setattr("vist2.generate.load_model", lambda *a: pytest.fail("loaded a model"))
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"predictions.jsonl, line 2: {message}" in error

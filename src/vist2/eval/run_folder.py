@@ -11,6 +11,7 @@ without run.json, is refused unless --overwrite; other files there are never tou
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -59,23 +60,52 @@ def check(out: Path, args, module) -> bool:
     return True
 
 
-def start(out: Path, args, module, resume: bool) -> dict[tuple, dict]:
-    """Prepare --out for writing and return the earlier run's records by key (empty unless resuming)."""
+def start(out: Path, args, module, earlier: dict[tuple, dict] | None) -> dict[tuple, dict]:
+    """Prepare --out for writing; the earlier run's records by key when resuming (from `earlier`),
+    else a fresh run.json and no records."""
     out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        for name in OUTPUTS:  # ours, and --overwrite was given (or none existed)
-            (out / name).unlink(missing_ok=True)
-        (out / SETTINGS).write_text(json.dumps(settings(args, module), indent=1) + "\n", encoding="utf-8")
-        return {}
-    return _earlier(out / PREDICTIONS)
+    if earlier is not None:
+        return earlier
+    for name in OUTPUTS:  # ours, and --overwrite was given (or none existed)
+        (out / name).unlink(missing_ok=True)
+    (out / SETTINGS).write_text(json.dumps(settings(args, module), indent=1) + "\n", encoding="utf-8")
+    return {}
 
 
 def key(record: dict) -> tuple:
     return record["task"], record["length"], record["id"], record["mode"]
 
 
-def _earlier(path: Path) -> dict[tuple, dict]:
-    """The records already in predictions.jsonl; an incomplete last line (a write cut short) is dropped and said."""
+# fields of a prediction record that resuming and summarizing read, with their JSON types
+RECORD_FIELDS = {"id": str, "task": str, "mode": str, "prediction": str, "references": list, "scores": dict,
+                 "stats": dict}
+SUMMARY_STATS = ("kv_tokens_peak", "kv_tokens_full_text", "time_to_first_token_s")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_record(record, where: str) -> None:
+    """A prediction record as the runner wrote it: every field it reads later, of its type."""
+    if not isinstance(record, dict):
+        raise Vist2Error(f"{where}: not a prediction record (a JSON object)")
+    for name, kind in RECORD_FIELDS.items():
+        if not isinstance(record.get(name), kind):
+            raise Vist2Error(f"{where}: field {name!r} is missing or not a {kind.__name__}")
+    length = record.get("length", "missing")
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int)):
+        raise Vist2Error(f"{where}: field 'length' must be an integer or null")
+    scores, stats = record["scores"], record["stats"]
+    if "score" not in scores or not all(_number(v) for v in scores.values()):
+        raise Vist2Error(f"{where}: field 'scores' must hold 'score' and only finite numbers")
+    if not all(_number(stats.get(name)) for name in SUMMARY_STATS):
+        raise Vist2Error(f"{where}: field 'stats' must hold finite numbers {', '.join(SUMMARY_STATS)}")
+
+
+def earlier(path: Path) -> dict[tuple, dict]:
+    """The records already in predictions.jsonl, each checked; an incomplete last line (a write
+    cut short) is dropped and said."""
     if not path.exists():
         return {}
     data = regular_file(path).read_bytes()
@@ -87,10 +117,16 @@ def _earlier(path: Path) -> dict[tuple, dict]:
         print(f"{path}: dropped an incomplete last line (a write cut short)", file=sys.stderr)
     records = {}
     for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        where = f"{path}, line {number}"
         try:
-            record = json.loads(line)
-            records[key(record)] = record
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise Vist2Error(f"{path}, line {number}: not a prediction record of ours; pass --overwrite or "
-                             "choose another folder") from None
+            record = json.loads(line, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError, RecursionError):
+            raise Vist2Error(f"{where}: not a prediction record of ours (not JSON); pass --overwrite or choose "
+                             "another folder") from None
+        check_record(record, where)
+        records[key(record)] = record
     return records
+
+
+def _no_constant(name: str):
+    raise ValueError(name)

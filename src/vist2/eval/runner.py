@@ -34,9 +34,9 @@ def run(args, module) -> list[Row]:
     outputs and print the table."""
     modes = check_arguments(args, module)
     out = Path(args.out)
-    held, resume = claim(out, args, module)
+    held, earlier = claim(out, args, module)
     try:
-        return _run(args, module, modes, out, resume)
+        return _run(args, module, modes, out, earlier)
     finally:
         if held is not None:
             held.close()
@@ -44,20 +44,22 @@ def run(args, module) -> list[Row]:
 
 def claim(out: Path, args, module):
     """Create --out and lock it for this process, then check what it holds: under the lock, so no
-    other run writes there between this check and our writes. (lock or None, resume)."""
+    other run writes there between this check and our writes. (lock or None, the earlier run's
+    records by key when resuming, each checked, else None)."""
     if out.exists() and not out.is_dir():
         raise Vist2Error(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     held = hold(out, "--out")  # a second eval into the same folder is refused while this one runs
     try:
-        return held, run_folder.check(out, args, module)
+        resume = run_folder.check(out, args, module) and not hasattr(module, "run")
+        return held, run_folder.earlier(out / run_folder.PREDICTIONS) if resume else None
     except BaseException:
         if held is not None:
             held.close()
         raise
 
 
-def _run(args, module, modes: list[str], out: Path, resume: bool) -> list[Row]:
+def _run(args, module, modes: list[str], out: Path, earlier: dict | None) -> list[Row]:
     import torch
 
     from vist2.generate import load_model
@@ -68,7 +70,7 @@ def _run(args, module, modes: list[str], out: Path, resume: bool) -> list[Row]:
     start = time.perf_counter()
     if hasattr(module, "run"):  # no per-sample records to resume from: all files at the end
         rows, records = module.run(args, model, tokenizer)
-        run_folder.start(out, args, module, resume=False)
+        run_folder.start(out, args, module, None)
         with open(out / run_folder.PREDICTIONS, "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     else:
@@ -76,7 +78,7 @@ def _run(args, module, modes: list[str], out: Path, resume: bool) -> list[Row]:
         if not samples:
             raise Vist2Error(f"{module.NAME}: no samples to evaluate")
         check_unique(module.NAME, samples)
-        done = run_folder.start(out, args, module, resume)
+        done = run_folder.start(out, args, module, earlier)
         with open(out / run_folder.PREDICTIONS, "a", encoding="utf-8") as handle:
             try:
                 records = evaluate(model, tokenizer, samples, modes, module.score, args, done, handle)
