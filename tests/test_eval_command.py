@@ -58,7 +58,7 @@ def test_loogle_cloze_rows_pool_masks_over_questions(tmp_path, one_thread, fixed
 def test_ocr_runs(tmp_path, one_thread):
     (tmp_path / "held.txt").write_text("Reading text back from its page. " * 40)
     out = tmp_path / "out"
-    assert main(["eval", "ocr", "--preset", "tiny", "--data", str(tmp_path / "held.txt"), "--chunks", "2",
+    assert main(["eval", "ocr", "--preset", "tiny", "--data", str(tmp_path / "held.txt"), "--samples", "2",
                  "--out", str(out), "--no-progress-bar"]) == 0
     (row,) = _rows(out)
     assert row["benchmark"] == "ocr" and row["n"] == 2 and 0 <= row["score"] <= 100
@@ -78,3 +78,31 @@ def test_debug_flag_reaches_eval_benchmarks(tmp_path, capsys):
     assert main(["eval", "score", "--benchmark", "longbench", "--task", "hotpotqa", "--predictions", missing,
                  "--debug"]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("benchmark", ["longbench", "loogle", "gsm8k"])
+def test_samples_is_honoured(tmp_path, one_thread, benchmark):
+    if benchmark == "longbench":
+        _jsonl(tmp_path / "hotpotqa.jsonl", [{"input": f"Q{i}?", "context": "Ann wrote it.", "answers": ["Ann"],
+                                              "length": 3, "all_classes": None, "_id": f"a{i}"} for i in range(3)])
+        data = ["--data", str(tmp_path), "--tasks", "hotpotqa"]
+    elif benchmark == "loogle":
+        pairs = [{"Q": f"Question {i}?", "A": "Ann"} for i in range(3)]
+        _jsonl(tmp_path / "shortdep_qa.jsonl", [{"input": "Ann wrote it.", "title": "T", "qa_pairs": str(pairs)}])
+        data = ["--data", str(tmp_path), "--tasks", "shortdep_qa"]
+    else:
+        data = ["--data", str(_jsonl(tmp_path / "gsm.jsonl", [{"question": f"{i}+1?", "answer": f"#### {i + 1}"}
+                                                              for i in range(3)]))]
+    out = tmp_path / "out"
+    assert main(["eval", benchmark, "--preset", "tiny", *data, "--samples", "2", "--modes", "text",
+                 "--max-new-tokens", "2", "--out", str(out), "--no-progress-bar"]) == 0
+    assert [row["n"] for row in _rows(out)] == [2]
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 2
+
+
+def test_ocr_refuses_generation_modes(tmp_path, capsys):
+    (tmp_path / "held.txt").write_text("Reading text back from its page. " * 40)
+    assert main(["eval", "ocr", "--preset", "tiny", "--data", str(tmp_path / "held.txt"), "--modes", "text,gcc",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "--modes must be distinct names from ocr, got 'text,gcc' (ocr has no other modes)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

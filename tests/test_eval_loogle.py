@@ -21,8 +21,8 @@ def _write(path, records):
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
 
 
-def _args(data, tasks=None):
-    return argparse.Namespace(data=str(data), tasks=tasks, max_prompt_tokens=None)
+def _args(data, tasks=None, samples=None):
+    return argparse.Namespace(data=str(data), tasks=tasks, max_prompt_tokens=None, samples=samples)
 
 
 def test_reads_all_four_tasks_with_loogle_prompts(tmp_path):
@@ -83,3 +83,11 @@ def test_documents_sharing_a_title_keep_distinct_ids(tmp_path):
     _write(tmp_path / "shortdep_qa.jsonl", [_doc([{"Q": "Where?", "A": "Jerez"}]), _doc([{"Q": "When?", "A": "1919"}])])
     samples = loogle.load_samples(_args(tmp_path, "shortdep_qa"), None)
     assert [s.id for s in samples] == ["line1:Picardo#0", "line2:Picardo#0"]
+
+
+def test_samples_keeps_the_first_questions_of_each_task(tmp_path):
+    _write(tmp_path / "shortdep_qa.jsonl", [_doc([{"Q": "Where?", "A": "Jerez"}, {"Q": "When?", "A": "1919"}]),
+                                            _doc([{"Q": "Who?", "A": "Picardo"}])])
+    ids = lambda n: [s.id for s in loogle.load_samples(_args(tmp_path, "shortdep_qa", samples=n), None)]  # noqa: E731
+    assert ids(1) == ["line1:Picardo#0"]
+    assert ids(3) == ids(None) == ["line1:Picardo#0", "line1:Picardo#1", "line2:Picardo#0"]

@@ -8,6 +8,7 @@ document: `input` (the long text), `title`, `qa_pairs` (a list of {"Q", "A", ...
 usually written as a Python-literal string; "none" for summarization) and `output` (the
 summary). Every question becomes one sample; a summarization document is one sample. A
 sample's id is `line<N>:<title>#<question index>`, unique even where documents share a title.
+--samples N keeps the first N samples of each task (default all).
 Prompts and answer lengths are those of LooGLE's prediction scripts (config/task2prompt.json,
 config/task2maxlen.json).
 
@@ -33,6 +34,7 @@ from vist2.eval.metrics import loogle_cloze, loogle_match_score, loogle_similari
 from vist2.eval.sample import EvalSample, Row
 
 NAME = "loogle"
+SAMPLES = None  # --samples default: every question
 QA_PROMPT = "Please answer the question based on the long texts below. \n{input}\nQuestion: {Q}\nAnswer: "
 TASK_PROMPT = {
     "shortdep_qa": QA_PROMPT,
@@ -105,10 +107,14 @@ def _literal(text: str):
         return None
 
 
-def read_task(path, task: str, tokenizer=None, max_prompt_tokens: int | None = None) -> list[EvalSample]:
-    """Every question (or summarization document) of one task file as an EvalSample."""
+def read_task(path, task: str, tokenizer=None, max_prompt_tokens: int | None = None,
+              limit: int | None = None) -> list[EvalSample]:
+    """The questions (or summarization documents) of one task file as EvalSamples: all, or the
+    first `limit`."""
     samples = []
     for number, record in jsonl_files.records(path):
+        if limit is not None and len(samples) >= limit:
+            break
         where = f"{path}, line {number}"
         text, title = record.get("input"), record.get("title", f"line{number}")
         if not isinstance(text, str) or not isinstance(title, str):
@@ -125,6 +131,8 @@ def read_task(path, task: str, tokenizer=None, max_prompt_tokens: int | None = N
             items = [(None, summary)]
         else:
             items = [(pair.get("Q"), _answer(pair, task, where)) for pair in pairs]
+        if limit is not None:
+            items = items[: limit - len(samples)]
         for index, (question, answer) in enumerate(items):
             fields = {"input": text} if question is None else {"input": text, "Q": question}
             prompt = middle_truncate(TASK_PROMPT[task].format(**fields), tokenizer, max_prompt_tokens)
@@ -152,7 +160,7 @@ def check_arguments(args: argparse.Namespace) -> dict:
 def load_samples(args: argparse.Namespace, tokenizer) -> list[EvalSample]:
     samples = []
     for task, path in check_arguments(args).items():
-        samples += read_task(path, task, tokenizer, args.max_prompt_tokens)
+        samples += read_task(path, task, tokenizer, args.max_prompt_tokens, args.samples)
     return samples
 
 

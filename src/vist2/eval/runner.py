@@ -103,10 +103,12 @@ def check_arguments(args, module) -> list[str]:
     from vist2.cli import check_model_source, generation_config
     from vist2.generate import MODES
 
+    allowed = getattr(module, "MODES", MODES)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
+    bad = [m for m in modes if m not in allowed]
     if bad or not modes or len(set(modes)) != len(modes):
-        raise Vist2Error(f"--modes must be distinct names from {', '.join(MODES)}, got {args.modes!r}")
+        only = "" if allowed == MODES else f" ({module.NAME} has no other modes)"
+        raise Vist2Error(f"--modes must be distinct names from {', '.join(allowed)}, got {args.modes!r}{only}")
     for flag in ("samples", "batch_size", "threads", "max_new_tokens"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -116,12 +118,12 @@ def check_arguments(args, module) -> list[str]:
     for flag in ("temperature", "top_p", "repetition_penalty"):
         if not math.isfinite(getattr(args, flag)):
             raise Vist2Error(f"--{flag.replace('_', '-')} must be a finite number, got {getattr(args, flag)}")
-    for mode in modes:
+    for mode in set(modes) & set(MODES):
         generation_config(args, mode, args.max_new_tokens or 1)  # raises on bad sampling flags
     check_model_source(args)
     if hasattr(module, "check_arguments"):
         module.check_arguments(args)
-    return sorted(modes, key=MODE_ORDER.index)
+    return sorted(modes, key=lambda mode: (MODE_ORDER + allowed).index(mode))
 
 
 def check_unique(benchmark: str, samples: list[EvalSample]) -> None:
