@@ -106,3 +106,18 @@ def test_ocr_refuses_generation_modes(tmp_path, capsys):
                  "--out", str(tmp_path / "out")]) == 2
     assert "--modes must be distinct names from ocr, got 'text,gcc' (ocr has no other modes)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_longbench_sample_too_long_is_refused_before_generating(tmp_path, one_thread, capsys, monkeypatch):
+    record = {"input": "Who?", "context": "Ann wrote it.", "answers": ["Ann"], "length": 3, "all_classes": None}
+    _jsonl(tmp_path / "hotpotqa.jsonl", [dict(record, _id="short"), dict(record, _id="long", context="x" * 40_000)])
+    monkeypatch.setattr("vist2.generate.generate", lambda *a, **k: pytest.fail("generated"))
+    out = tmp_path / "out"
+    argv = ["eval", "longbench", "--preset", "tiny", "--data", str(tmp_path), "--tasks", "hotpotqa", "--modes", "text",
+            "--out", str(out), "--no-progress-bar"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "hotpotqa.jsonl, line 2: sample 'long' does not fit the model: the text prompt needs" in error
+    assert "limit of 32768 (max_position_embeddings)" in error and "--max-prompt-tokens" in error
+    assert (out / "predictions.jsonl").read_text() == ""

@@ -108,6 +108,7 @@ def read_subset(path, task: str, e: bool, tokenizer=None, max_prompt_tokens: int
                 max_new_tokens=DATASET_MAX_NEW_TOKENS[task],
                 length=bucket,
                 extra={
+                    "where": where,
                     "all_classes": classes,
                     "length": length,
                     "language": record.get("language"),

@@ -144,7 +144,7 @@ def read_task(path, task: str, tokenizer=None, max_prompt_tokens: int | None = N
                     query=prompt,
                     references=(reference,),
                     max_new_tokens=TASK_MAX_NEW_TOKENS[task],
-                    extra={"masks": answer} if isinstance(answer, dict) else {},
+                    extra={"where": where, **({"masks": answer} if isinstance(answer, dict) else {})},
                 )
             )
     if not samples:

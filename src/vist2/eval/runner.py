@@ -170,6 +170,7 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
     done = dict(done or {})
     keys = {mode: [(s.task, s.length, s.id, mode) for s in samples] for mode in modes}
     todo = {mode: [s for s, k in zip(samples, keys[mode]) if k not in done] for mode in modes}
+    check_lengths(model, tokenizer, todo, args, options)
     total, skipped = len(samples) * len(modes), sum(len(samples) - len(t) for t in todo.values())
     if skipped:
         print(f"resuming: {skipped} of {total} predictions already in --out", file=sys.stderr)
@@ -191,6 +192,25 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
                         sink.flush()
                 bar.update(len(group))
     return [done[k] for mode in modes for k in keys[mode]]
+
+
+def check_lengths(model, tokenizer, todo: dict[str, list[EvalSample]], args, options) -> None:
+    """Refuse, before generating anything, a sample whose prompt and answer exceed the model's
+    positions in a mode, naming its file and line (extra["where"]) and id."""
+    from vist2.cli import generation_config
+    from vist2.engine import Engine
+
+    engine = Engine(model, tokenizer, options=options)
+    for mode, samples in todo.items():
+        for sample in samples:
+            config = replace(generation_config(args, mode, args.max_new_tokens or sample.max_new_tokens),
+                             chat_template=chat_template(sample))
+            try:
+                engine.request(sample.query, config)
+            except Vist2Error as error:
+                cut = " (--max-prompt-tokens N cuts prompts in the middle)" if hasattr(args, "max_prompt_tokens") else ""
+                raise Vist2Error(f"{sample.extra.get('where', sample.task)}: sample {sample.id!r} does not fit the "
+                                 f"model: {error}{cut}") from None
 
 
 def summarize(benchmark: str, records: list[dict], ratio: float) -> list[Row]:
