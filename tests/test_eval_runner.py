@@ -259,3 +259,25 @@ def test_a_damaged_record_to_resume_is_refused_before_loading(tmp_path, one_thre
     assert main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and f"predictions.jsonl, line 2: {message}" in error
+
+
+def test_prompts_and_data_files_are_recorded_by_sha256(tmp_path, one_thread, capsys):
+    import hashlib
+
+    data = tmp_path / "gsm.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(2)))
+    out = tmp_path / "o"
+    argv = ["eval", "gsm8k", "--preset", "tiny", "--data", str(data), "--out", str(out), "--modes", "text,gcc",
+            "--max-new-tokens", "2", "--no-progress-bar"]
+    assert main(argv) == 0
+    settings = json.loads((out / "run.json").read_text())
+    assert settings["data"] == {str(data): hashlib.sha256(data.read_bytes()).hexdigest()}
+    prompts = [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
+    assert len(prompts) == 2 and all(p["sha256"] == hashlib.sha256(p["prompt"].encode()).hexdigest() for p in prompts)
+    assert "Question: 0+1?" in prompts[0]["prompt"]
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and {r["prompt_sha256"] for r in records} == {p["sha256"] for p in prompts}
+    data.write_text(data.read_text().replace("0+1?", "0+2?"))  # the same flags, other data: another run
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "other settings (the data files changed)" in capsys.readouterr().err

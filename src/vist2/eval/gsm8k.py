@@ -34,6 +34,10 @@ def check_arguments(args) -> None:
         raise Vist2Error(f"--data {path} is larger than {MAX_FILE_BYTES // 2**20} MiB")
 
 
+def data_files(args) -> list[Path]:
+    return [Path(args.data)]
+
+
 def load_samples(args, tokenizer) -> list[EvalSample]:
     """The first --samples problems of the file; a malformed line is an error naming it."""
     check_arguments(args)

@@ -157,6 +157,10 @@ def check_arguments(args: argparse.Namespace) -> dict:
     return task_files(args, {task: f"{task}.jsonl" for task in selected_tasks(args.tasks)})
 
 
+def data_files(args: argparse.Namespace) -> list:
+    return list(check_arguments(args).values())
+
+
 def load_samples(args: argparse.Namespace, tokenizer) -> list[EvalSample]:
     samples = []
     for task, path in check_arguments(args).items():

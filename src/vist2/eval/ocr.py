@@ -165,6 +165,10 @@ def check_arguments(args) -> None:
         _files(name)
 
 
+def data_files(args) -> list[Path]:
+    return [path for name in args.data for path in _files(name)]
+
+
 def run(args, model, tokenizer) -> tuple[list[Row], list[dict]]:
     """One row per --data path; all input is checked before any page is read."""
     check_arguments(args)

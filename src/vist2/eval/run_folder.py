@@ -1,8 +1,10 @@
 """The eval runner's output folder: which files are ours, the run's settings, and resuming.
 
-The runner owns four names in --out: run.json (the settings of the run, written before the
-first prediction), predictions.jsonl (one record appended and flushed per finished sample and
-mode), results.json and results.png (the summary, written at the end). Rerunning the same
+The runner owns five names in --out: run.json (the settings of the run, the sha256 of every
+data file read among them, written before the first prediction), prompts.jsonl (each distinct
+prompt with its sha256, which every prediction record names as prompt_sha256),
+predictions.jsonl (one record appended and flushed per finished sample and mode), results.json
+and results.png (the summary, written at the end). Rerunning the same
 command into the same folder resumes: samples already predicted (same task, length, id and
 mode) are not generated again. A folder holding a run with other settings, or our file names
 without run.json, is refused unless --overwrite; other files there are never touched.
@@ -10,6 +12,7 @@ without run.json, is refused unless --overwrite; other files there are never tou
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -20,18 +23,41 @@ from vist2.eval.jsonl_files import regular_file
 
 SETTINGS = "run.json"
 PREDICTIONS = "predictions.jsonl"
-OUTPUTS = (SETTINGS, PREDICTIONS, "results.json", "results.png")
+PROMPTS = "prompts.jsonl"
+OUTPUTS = (SETTINGS, PROMPTS, PREDICTIONS, "results.json", "results.png")
 # flags that change neither which samples are evaluated nor their predictions
 NOT_SETTINGS = {"run", "command", "command_line", "debug", "out", "overwrite", "modes", "threads",
                 "progress_bar", "batch_size", "device"}
 
 
 def settings(args, module) -> dict:
-    """What a resumed run must share with the first: the benchmark and every flag that shapes a prediction."""
+    """What a resumed run must share with the first: the benchmark, every flag that shapes a
+    prediction, the --model weights and the sha256 of each data file (module.data_files(args))."""
     values = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_SETTINGS and not callable(v)}
     weights = sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns]  # a retrained --model is another run
                      for p in Path(args.model).glob("*.safetensors") if p.is_file()) if args.model else []
-    return {"benchmark": module.NAME, "flags": json.loads(json.dumps(values, default=str)), "weights": weights}
+    files = module.data_files(args) if hasattr(module, "data_files") else []
+    return {"benchmark": module.NAME, "flags": json.loads(json.dumps(values, default=str)), "weights": weights,
+            "data": {str(path): sha256_file(path) for path in files}}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_prompts(out: Path, samples) -> None:
+    """prompts.jsonl: each distinct prompt (a sample's query) once, with its sha256."""
+    with open(out / PROMPTS, "w", encoding="utf-8") as handle:
+        for text in dict.fromkeys(sample.query for sample in samples):
+            handle.write(json.dumps({"sha256": sha256_text(text), "prompt": text}, ensure_ascii=False) + "\n")
 
 
 def check(out: Path, args, module) -> bool:
@@ -54,7 +80,8 @@ def check(out: Path, args, module) -> bool:
         differ = sorted(k for k in set(now["flags"]) | set(earlier.get("flags", {}))
                         if now["flags"].get(k) != earlier.get("flags", {}).get(k))
         what = f"benchmark {earlier.get('benchmark')!r}" if earlier.get("benchmark") != now["benchmark"] else \
-            "--" + ", --".join(name.replace("_", "-") for name in differ) if differ else "the --model weights changed"
+            "--" + ", --".join(name.replace("_", "-") for name in differ) if differ else \
+            "the --model weights changed" if earlier.get("weights") != now["weights"] else "the data files changed"
         raise Vist2Error(f"--out {out} holds a run with other settings ({what}); rerun with the same flags "
                          "to resume, or pass --overwrite, or choose another folder")
     return True

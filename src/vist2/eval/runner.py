@@ -2,8 +2,9 @@
 
 A benchmark module exposes NAME, add_arguments(parser), load_samples(args, tokenizer) and
 score(sample, prediction) (or run(args, model, tokenizer) -> (rows, records)); optionally
-check_arguments(args), called before anything is loaded, pool(row), which turns a row's means
-into the benchmark's own pooled score, and PACKAGES, versions to record.
+check_arguments(args), called before anything is loaded, data_files(args), the files it reads
+(their sha256 go into run.json), pool(row), which turns a row's means into the benchmark's own
+pooled score, and PACKAGES, versions to record.
 The runner writes into --out only the files it owns (`run_folder`): each prediction is appended
 to predictions.jsonl as it finishes, so an interrupted run resumes when rerun into the same folder.
 
@@ -79,6 +80,7 @@ def _run(args, module, modes: list[str], out: Path, earlier: dict | None) -> lis
             raise Vist2Error(f"{module.NAME}: no samples to evaluate")
         check_unique(module.NAME, samples)
         done = run_folder.start(out, args, module, earlier)
+        run_folder.write_prompts(out, samples)
         with open(out / run_folder.PREDICTIONS, "a", encoding="utf-8") as handle:
             try:
                 records = evaluate(model, tokenizer, samples, modes, module.score, args, done, handle)
@@ -94,7 +96,7 @@ def _run(args, module, modes: list[str], out: Path, earlier: dict | None) -> lis
         rows = [module.pool(row) for row in rows] if hasattr(module, "pool") else rows
     write_outputs(out, args, module, rows, time.perf_counter() - start)
     print(table(rows))
-    print(f"wrote {', '.join(run_folder.OUTPUTS)} to {args.out}")
+    print(f"wrote {', '.join(name for name in run_folder.OUTPUTS if (out / name).exists())} to {args.out}")
     return rows
 
 
@@ -183,7 +185,7 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
                 for sample, result in zip(group, results):
                     record = {
                         "id": sample.id, "task": sample.task, "length": sample.length, "mode": mode,
-                        "prediction": result.text, "references": list(sample.references),
+                        "prompt_sha256": run_folder.sha256_text(sample.query), "prediction": result.text, "references": list(sample.references),
                         "scores": score(sample, result.text), "stats": result.stats.as_dict(),
                     }
                     done[run_folder.key(record)] = record
