@@ -76,7 +76,8 @@ def chars_per_bpe_token(texts: list[str]) -> dict[str, float]:
     from vist2.tokenizer import qwen3_tokenizer
 
     gguf = smollm2_gguf()
-    tokenizers = {"qwen3": qwen3_tokenizer(), "smollm2": AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)}
+    smollm2 = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizers = {"qwen3": qwen3_tokenizer(), "smollm2": smollm2}
     characters = sum(map(len, texts))
     return {name: characters / sum(len(tok.encode(text, add_special_tokens=False)) for text in texts)
             for name, tok in tokenizers.items()}

@@ -58,7 +58,8 @@ def test_gsm8k_lines_are_read_as_bounded_strict_json(tmp_path):
 def test_ids_stay_distinct_or_are_refused(tmp_path, one_thread, fixed_predictions, capsys):
     # line 1's id "line2" is what line 2 (no id) is called: once, the two collapsed into one key
     data = tmp_path / "gsm.jsonl"
-    lines = [{"question": "One plus one?", "answer": "#### 2", "id": "2"}, {"question": "Two plus two?", "answer": "#### 4"}]
+    lines = [{"question": "One plus one?", "answer": "#### 2", "id": "2"},
+             {"question": "Two plus two?", "answer": "#### 4"}]
     data.write_text("".join(json.dumps(line) + "\n" for line in lines))
     fixed_predictions({"One plus one": "The answer is 2.", "Two plus two": "The answer is 2."})
     out = tmp_path / "o"

@@ -16,8 +16,9 @@ Scores (0-100, metrics.py): QA and summarization: "score" is ROUGE-L recall, wit
 BLEU-4, ROUGE-1 and ROUGE-2 beside it; cloze: "score" is exact match, with partial match
 beside it, each pooled over the masks of all questions as LooGLE's scorer pools them (a row's
 score is matched masks / masks of its questions, not the mean of per-question shares; a
-prediction record's "score" is its own question's share, and its mask counts are beside it). Not computed: METEOR (needs the WordNet corpus), BERTScore
-(needs model weights) and LooGLE's GPT-4 judge (needs an API).
+prediction record's "score" is its own question's share, and its mask counts are beside it).
+Not computed: METEOR (needs the WordNet corpus), BERTScore (needs model weights) and LooGLE's
+GPT-4 judge (needs an API).
 """
 
 from __future__ import annotations

@@ -143,6 +143,14 @@ def chat_template(sample: EvalSample) -> bool:
     return sample.extra.get("chat_template", True) is not False
 
 
+def sample_config(args, mode: str, sample: EvalSample):
+    """The GenerationConfig a sample is generated with in `mode` (batches share one: `batches`)."""
+    from vist2.cli import generation_config
+
+    return replace(generation_config(args, mode, args.max_new_tokens or sample.max_new_tokens),
+                   chat_template=chat_template(sample))
+
+
 def batches(samples: list[EvalSample], size: int, tokenizer) -> list[list[EvalSample]]:
     """Batches of similar prompt length, equal max_new_tokens and chat template (one GenerationConfig each)."""
     lengths = {id(s): len(tokenizer.encode(s.query, add_special_tokens=False)) for s in samples}
@@ -164,7 +172,7 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
     records of these samples and modes, mode by mode in sample order."""
     from tqdm import tqdm
 
-    from vist2.cli import chunking_args, generation_config
+    from vist2.cli import chunking_args
     from vist2.generate import generate
     from vist2.options import chunk_options
 
@@ -179,14 +187,13 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
     with tqdm(total=total, initial=skipped, desc="eval", unit="sample", disable=not args.progress_bar) as bar:
         for mode in modes:
             for group in batches(todo[mode], args.batch_size, tokenizer) if todo[mode] else []:
-                config = replace(generation_config(args, mode, args.max_new_tokens or group[0].max_new_tokens),
-                                 chat_template=chat_template(group[0]))
+                config = sample_config(args, mode, group[0])
                 results = generate(model, tokenizer, [s.query for s in group], config, options=options)
                 for sample, result in zip(group, results):
                     record = {
                         "id": sample.id, "task": sample.task, "length": sample.length, "mode": mode,
-                        "prompt_sha256": run_folder.sha256_text(sample.query), "prediction": result.text, "references": list(sample.references),
-                        "scores": score(sample, result.text), "stats": result.stats.as_dict(),
+                        "prompt_sha256": run_folder.sha256_text(sample.query), "prediction": result.text,
+                        "references": list(sample.references), "scores": score(sample, result.text), "stats": result.stats.as_dict(),
                     }
                     done[run_folder.key(record)] = record
                     if sink is not None:
@@ -199,18 +206,16 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
 def check_lengths(model, tokenizer, todo: dict[str, list[EvalSample]], args, options) -> None:
     """Refuse, before generating anything, a sample whose prompt and answer exceed the model's
     positions in a mode, naming its file and line (extra["where"]) and id."""
-    from vist2.cli import generation_config
     from vist2.engine import Engine
 
     engine = Engine(model, tokenizer, options=options)
     for mode, samples in todo.items():
         for sample in samples:
-            config = replace(generation_config(args, mode, args.max_new_tokens or sample.max_new_tokens),
-                             chat_template=chat_template(sample))
             try:
-                engine.request(sample.query, config)
+                engine.request(sample.query, sample_config(args, mode, sample))
             except Vist2Error as error:
-                cut = " (--max-prompt-tokens N cuts prompts in the middle)" if hasattr(args, "max_prompt_tokens") else ""
+                cut = " (--max-prompt-tokens N cuts prompts in the middle)" \
+                    if hasattr(args, "max_prompt_tokens") else ""
                 raise Vist2Error(f"{sample.extra.get('where', sample.task)}: sample {sample.id!r} does not fit the "
                                  f"model: {error}{cut}") from None
 
