@@ -142,7 +142,7 @@ def earlier(path: Path) -> dict[tuple, dict]:
             handle.truncate(cut)
         data = data[:cut]
         print(f"{path}: dropped an incomplete last line (a write cut short)", file=sys.stderr)
-    records = {}
+    records, names = {}, {}  # names: the score names of each task's first record, and its line
     for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
         where = f"{path}, line {number}"
         try:
@@ -151,6 +151,10 @@ def earlier(path: Path) -> dict[tuple, dict]:
             raise Vist2Error(f"{where}: not a prediction record of ours (not JSON); pass --overwrite or choose "
                              "another folder") from None
         check_record(record, where)
+        first, at = names.setdefault(record["task"], (sorted(record["scores"]), number))
+        if sorted(record["scores"]) != first:
+            raise Vist2Error(f"{where}: scores {sorted(record['scores'])} differ from line {at}'s {first} for task "
+                             f"{record['task']!r}; pass --overwrite or choose another folder")
         records[key(record)] = record
     return records
 
