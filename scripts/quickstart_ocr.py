@@ -3,7 +3,7 @@ checkpoint after the OCR stage (RUN/ocr/final) and the final model (RUN/model).
 
     PYTHONPATH=src .venv/bin/python scripts/quickstart_ocr.py RUN OUT   # OUT/quickstart_ocr.json
 
-For one model this is `vist2 eval ocr --model RUN/model --data RUN/data/held_out_essays --chunks 256`.
+For one model this is `vist2 eval ocr --model RUN/model --data RUN/data/held_out_essays --samples 256`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main() -> int:
     held = run / "data" / "held_out_essays"
     if not held.exists():  # runs made before the quickstart wrote its held-out essays
         _write(held, split(corpus()["essays"])[1])
-    args = argparse.Namespace(data=[str(held)], chunks=options.chunks, chunk_tokens=0)
+    args = argparse.Namespace(data=[str(held)], samples=options.chunks, chunk_tokens=0)
     rows, records = [], []
     for checkpoint in CHECKPOINTS:
         model = Vist2Model.from_pretrained(run / checkpoint).eval()

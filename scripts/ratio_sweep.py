@@ -5,13 +5,18 @@ the quickstart's 128 x 16 page, beta = 8 visual tokens) from scratch with the sa
 `--read-steps` of OCR on random characters (nothing to guess, all to read), then `--ocr-steps`
 of OCR on the essays, one page per sample. Then reads --eval-chunks held-out essay chunks
 greedily with `vist2.eval.ocr` (character accuracy, ROUGE-L, the blank-page ablation).
-r = K / beta characters per visual token (one byte is one character in this English text).
+r = K / beta characters per visual token (one byte is one character in this English text). The
+paper's r counts BPE tokens per visual token: each row also gives it for the Qwen3 and SmolLM2
+tokenizers (`ratio_qwen3_tokens`, `ratio_smollm2_tokens`), the measured characters per visual
+token over the characters per BPE token of the held-out essays (`chars_per_token_qwen3`, ...).
 
 Every ratio uses the same page: 128 x 16 pixels, line pitch 1.2 x the font size, fonts from 3 px
 up; the renderer picks the largest font at which a chunk fits (13 px for 8-16 characters,
 7 px for 32, 5 px on 2 lines for 64, 4 px on 3 lines for 128).
 
     PYTHONPATH=src .venv/bin/python scripts/ratio_sweep.py --output /tmp/sweep --out benchmarks/eval
+    PYTHONPATH=src .venv/bin/python scripts/ratio_sweep.py --add-units benchmarks/eval/ratio_sweep.json
+        # adds the BPE units to the rows of a sweep written before they were measured
 """
 
 from __future__ import annotations
@@ -59,6 +64,33 @@ def train_ratio(chunk_tokens: int, folder: Path, sources: dict[str, str], args, 
             "train_seconds": round(time.perf_counter() - began, 1)}
 
 
+BPE_TOKENIZERS = ("qwen3", "smollm2")
+
+
+def chars_per_bpe_token(texts: list[str]) -> dict[str, float]:
+    """Characters per token of the Qwen3 and SmolLM2 tokenizers (both shipped offline) over `texts`,
+    each text tokenized whole."""
+    from transformers import AutoTokenizer
+
+    from vist2.presets import smollm2_gguf
+    from vist2.tokenizer import qwen3_tokenizer
+
+    gguf = smollm2_gguf()
+    smollm2 = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizers = {"qwen3": qwen3_tokenizer(), "smollm2": smollm2}
+    characters = sum(map(len, texts))
+    return {name: characters / sum(len(tok.encode(text, add_special_tokens=False)) for text in texts)
+            for name, tok in tokenizers.items()}
+
+
+def add_bpe_units(row: dict, units: dict[str, float]) -> dict:
+    """The row with the paper's unit beside ours: BPE tokens per visual token for each tokenizer."""
+    for name in BPE_TOKENIZERS:
+        row[f"chars_per_token_{name}"] = units[name]
+        row[f"ratio_{name}_tokens"] = row["chars_per_visual_token"] / units[name]
+    return row
+
+
 def _plots(rows: list[dict], curves: dict[int, dict], out: Path) -> None:
     import matplotlib
 
@@ -73,6 +105,12 @@ def _plots(rows: list[dict], curves: dict[int, dict], out: Path) -> None:
     axis.set(xscale="log", xlabel="r = characters per visual token", ylabel="score (0-100)", ylim=(0, 102),
              title="OCR vs compression ratio (quickstart-size model)")
     axis.set_xticks(ratios, [f"{r:g}" for r in ratios])
+    per_token = rows[0]["chars_per_token_qwen3"]
+    paper = axis.secondary_xaxis("top", functions=(lambda r: r / per_token, lambda p: p * per_token))
+    paper.set_xlabel("paper's r = Qwen3 tokens per visual token")
+    paper.set_xticks([row["ratio_qwen3_tokens"] for row in rows], [f"{row['ratio_qwen3_tokens']:.2f}" for row in rows])
+    paper.minorticks_off()
+    axis.minorticks_off()
     axis.legend()
     axis.grid(alpha=0.3)
     figure.tight_layout()
@@ -94,10 +132,33 @@ def _plots(rows: list[dict], curves: dict[int, dict], out: Path) -> None:
     plt.close(figure)
 
 
+def _curves(results: dict) -> dict[float, dict]:
+    """Loss curves by ratio r, from a ratio_sweep.json."""
+    beta = results["rows"][0]["visual_tokens"]
+    return {int(k) / beta: losses for k, losses in results["loss_curves"].items()}
+
+
+def add_units(paths: list[Path]) -> int:
+    """Add the BPE units (measured now on the held-out essays) to every row of each file, and
+    redraw its OCR plot where one lies beside it."""
+    for path in paths:
+        if not path.is_file():
+            raise Vist2Error(f"--add-units: {path} is not a file")
+    units = chars_per_bpe_token(split(corpus()["essays"])[1])
+    for path in paths:
+        results = json.loads(path.read_text())
+        results["rows"] = [add_bpe_units(row, units) for row in results["rows"]]
+        path.write_text(json.dumps(results, indent=1) + "\n")
+        if (path.parent / "ratio_sweep_ocr.png").exists():
+            _plots(results["rows"], _curves(results), path.parent)
+        print(path, [round(row["ratio_qwen3_tokens"], 3) for row in results["rows"]])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", required=True, help="new folder for data and the trained models")
-    parser.add_argument("--out", required=True, help="folder for results.json and the plots")
+    parser.add_argument("--output", help="new folder for data and the trained models")
+    parser.add_argument("--out", help="folder for results.json and the plots")
     parser.add_argument("--chunk-tokens", default="8,16,32,64,128", help="K values (beta = 8)")
     parser.add_argument("--read-steps", type=int, default=400, help="OCR steps on random characters per K")
     parser.add_argument("--ocr-steps", type=int, default=200, help="OCR steps on the essays per K")
@@ -106,7 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
+    parser.add_argument("--add-units", nargs="+", metavar="JSON", help="only add the BPE units to the rows of "
+                        "these ratio_sweep.json files (and redraw ratio_sweep_ocr.png beside them if there)")
     args = parser.parse_args(argv)
+    if args.add_units:
+        return add_units([Path(name) for name in args.add_units])
+    if not args.output or not args.out:
+        parser.error("--output and --out are required (or --add-units)")
     try:
         sizes = [int(k) for k in args.chunk_tokens.split(",")]
     except ValueError:
@@ -122,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     texts = corpus()
     essays, held = split(texts["essays"])
+    units = chars_per_bpe_token(held)
     sources = {"random": _write(output / "data" / "random", [random_text(essays, 2_000_000, args.seed)]),
                "essays": _write(output / "data" / "essays", essays)}
     rows, records, curves, runs = [], [], {}, {}
@@ -137,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         row.extra.update(final_loss=trained["losses"]["ocr"][-1], chunk_tokens=K,
                          font_size=Renderer(model.config.render).render(predictions[0]["reference"]).font_size,
                          train_seconds=round(trained["train_seconds"], 1))
-        rows.append(row.as_dict())
+        rows.append(add_bpe_units(row.as_dict(), units))
         records += predictions
         curves[K / model.config.visual_tokens] = trained["losses"]
         runs[K] = {"losses": trained["losses"]}

@@ -20,3 +20,24 @@ def tiny():
 
     torch.set_num_threads(1)
     return load_model(preset_name="tiny", seed=0)
+
+
+@pytest.fixture
+def fixed_predictions(monkeypatch):
+    """Make `vist2 eval` predict given texts: answers maps a phrase of the prompt to the prediction
+    (the model still generates, so the records keep real stats)."""
+    import dataclasses
+
+    import vist2.generate
+
+    real = vist2.generate.generate
+
+    def install(answers: dict[str, str]):
+        def answering(model, tokenizer, prompts, config, **kwargs):
+            results = real(model, tokenizer, prompts, config, **kwargs)
+            texts = [next(a for phrase, a in answers.items() if phrase in prompt) for prompt in prompts]
+            return [dataclasses.replace(result, text=text) for result, text in zip(results, texts)]
+
+        monkeypatch.setattr(vist2.generate, "generate", answering)
+
+    return install

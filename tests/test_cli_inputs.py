@@ -79,7 +79,8 @@ CASES = {
                                   ("longbench", ["--data", "{tmp}/data", "--max-prompt-tokens", "0"]),
                                   ("loogle", ["--data", "{tmp}/none"]), ("gsm8k", ["--data", "{tmp}/data"]),
                                   ("gsm8k", ["--data", "{tmp}/a.txt", "--samples", "0"]),
-                                  ("ocr", ["--data", "{tmp}/a.txt", "--chunks", "0"]),
+                                  ("ocr", ["--data", "{tmp}/a.txt", "--samples", "0"]),
+                                  ("ocr", ["--data", "{tmp}/a.txt", "--modes", "text"]),
                                   ("ocr", ["--data", "{tmp}/a.txt", "--chunk-tokens", "-1"]),
                                   ("ocr", ["--data", "{tmp}/none.txt"]))]
             + [["eval", "score", "--benchmark", "longbench", "--task", "nosuch", "--predictions", "{tmp}/a.txt"],

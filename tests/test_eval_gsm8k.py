@@ -53,3 +53,22 @@ def test_gsm8k_lines_are_read_as_bounded_strict_json(tmp_path):
     data.write_text('{"question": "1+1?", "answer": "#### 2", "id": NaN}\n')
     with pytest.raises(Vist2Error, match="line 1: not valid JSON .NaN is not allowed"):
         gsm8k.load_samples(argparse.Namespace(data=str(data), samples=5), None)
+
+
+def test_ids_stay_distinct_or_are_refused(tmp_path, one_thread, fixed_predictions, capsys):
+    # line 1's id "line2" is what line 2 (no id) is called: once, the two collapsed into one key
+    data = tmp_path / "gsm.jsonl"
+    lines = [{"question": "One plus one?", "answer": "#### 2", "id": "2"},
+             {"question": "Two plus two?", "answer": "#### 4"}]
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    fixed_predictions({"One plus one": "The answer is 2.", "Two plus two": "The answer is 2."})
+    out = tmp_path / "o"
+    assert main(["eval", "gsm8k", "--preset", "tiny", "--data", str(data), "--out", str(out), "--modes", "text",
+                 "--max-new-tokens", "2", "--no-progress-bar"]) == 0
+    (row,) = json.loads((out / "results.json").read_text())["rows"]
+    assert (row["n"], row["score"]) == (2, 50.0)
+    lines.append({"question": "Three?", "answer": "#### 3", "id": "2"})
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert main(["eval", "gsm8k", "--preset", "tiny", "--data", str(data), "--out", str(tmp_path / "o2"),
+                 "--modes", "text", "--no-progress-bar"]) == 2
+    assert "gsm.jsonl, lines 1 and 3: both have id '2'" in capsys.readouterr().err

@@ -30,8 +30,8 @@ def _write(path, records):
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
 
 
-def _args(data, tasks=None, e=False, max_prompt_tokens=None):
-    return argparse.Namespace(data=str(data), tasks=tasks, e=e, max_prompt_tokens=max_prompt_tokens)
+def _args(data, tasks=None, e=False, max_prompt_tokens=None, samples=None):
+    return argparse.Namespace(data=str(data), tasks=tasks, e=e, max_prompt_tokens=max_prompt_tokens, samples=samples)
 
 
 def test_reads_v1_subsets_with_longbench_prompts(tmp_path):
@@ -107,3 +107,17 @@ def test_hostile_folders_are_refused(tmp_path, monkeypatch):
     _write(data / "2wikimqa.jsonl", [_record(0, context="x" * 200)])
     with pytest.raises(Vist2Error, match="2wikimqa.jsonl, line 1: longer than 100 bytes"):
         longbench.load_samples(_args(data, "2wikimqa"), None)
+
+
+def test_duplicate_ids_are_refused_naming_both_lines(tmp_path):
+    _write(tmp_path / "hotpotqa.jsonl", [_record(0), _record(1), _record(2, _id="id0")])
+    with pytest.raises(Vist2Error, match=r"hotpotqa.jsonl, lines 1 and 3: both have _id 'id0'"):
+        longbench.load_samples(_args(tmp_path, "hotpotqa"), None)
+
+
+def test_samples_keeps_the_first_records_of_each_subset_or_bucket(tmp_path):
+    _write(tmp_path / "hotpotqa.jsonl", [_record(0), _record(1), _record(2)])
+    assert [s.id for s in longbench.load_samples(_args(tmp_path, "hotpotqa", samples=2), None)] == ["id0", "id1"]
+    _write(tmp_path / "hotpotqa_e.jsonl", [_record(0), _record(1), _record(3, length=20), _record(4, length=4500)])
+    samples = longbench.load_samples(_args(tmp_path, "hotpotqa", e=True, samples=1), None)
+    assert [(s.id, s.length) for s in samples] == [("id0", 0), ("id1", 4000)]

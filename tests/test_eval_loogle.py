@@ -21,8 +21,8 @@ def _write(path, records):
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
 
 
-def _args(data, tasks=None):
-    return argparse.Namespace(data=str(data), tasks=tasks, max_prompt_tokens=None)
+def _args(data, tasks=None, samples=None):
+    return argparse.Namespace(data=str(data), tasks=tasks, max_prompt_tokens=None, samples=samples)
 
 
 def test_reads_all_four_tasks_with_loogle_prompts(tmp_path):
@@ -34,11 +34,11 @@ def test_reads_all_four_tasks_with_loogle_prompts(tmp_path):
     _write(tmp_path / "shortdep_cloze.jsonl", [_doc(str(cloze), output="None")])
     samples = loogle.load_samples(_args(tmp_path), None)
     assert [(s.task, s.id, s.max_new_tokens) for s in samples] == [
-        ("shortdep_qa", "Picardo#0", 300),
-        ("shortdep_qa", "Picardo#1", 300),
-        ("longdep_qa", "Picardo#0", 500),
-        ("longdep_summarization", "Picardo#0", 500),
-        ("shortdep_cloze", "Picardo#0", 50),
+        ("shortdep_qa", "line1:Picardo#0", 300),
+        ("shortdep_qa", "line1:Picardo#1", 300),
+        ("longdep_qa", "line1:Picardo#0", 500),
+        ("longdep_summarization", "line1:Picardo#0", 500),
+        ("shortdep_cloze", "line1:Picardo#0", 50),
     ]
     qa, _, _, summary, fill = samples
     assert qa.query == f"Please answer the question based on the long texts below. \n{TEXT}\nQuestion: Where was Picardo born?\nAnswer: "
@@ -48,7 +48,8 @@ def test_reads_all_four_tasks_with_loogle_prompts(tmp_path):
 
     assert loogle.score(qa, "In Jerez.")["score"] == pytest.approx(100.0)
     assert set(loogle.score(summary, "")) == {"score", "bleu1", "bleu4", "rouge1", "rouge2"}
-    assert loogle.score(fill, "{'<mask-0>': 'Picardo', '<mask-1>': 'Madrid'}") == {"score": 50.0, "partial_match": 50.0}
+    assert loogle.score(fill, "{'<mask-0>': 'Picardo', '<mask-1>': 'Madrid'}") == {
+        "score": 50.0, "partial_match": 50.0, "exact_matches": 1, "partial_matches": 1, "masks": 2}
 
 
 @pytest.mark.parametrize(
@@ -76,3 +77,17 @@ def test_bad_task_and_cloze_answers(tmp_path):
     _write(tmp_path / "longdep_summarization.jsonl", [_doc("none", output="")])
     with pytest.raises(Vist2Error, match="line 1: a summarization record needs"):
         loogle.load_samples(_args(tmp_path, "longdep_summarization"), None)
+
+
+def test_documents_sharing_a_title_keep_distinct_ids(tmp_path):
+    _write(tmp_path / "shortdep_qa.jsonl", [_doc([{"Q": "Where?", "A": "Jerez"}]), _doc([{"Q": "When?", "A": "1919"}])])
+    samples = loogle.load_samples(_args(tmp_path, "shortdep_qa"), None)
+    assert [s.id for s in samples] == ["line1:Picardo#0", "line2:Picardo#0"]
+
+
+def test_samples_keeps_the_first_questions_of_each_task(tmp_path):
+    _write(tmp_path / "shortdep_qa.jsonl", [_doc([{"Q": "Where?", "A": "Jerez"}, {"Q": "When?", "A": "1919"}]),
+                                            _doc([{"Q": "Who?", "A": "Picardo"}])])
+    ids = lambda n: [s.id for s in loogle.load_samples(_args(tmp_path, "shortdep_qa", samples=n), None)]  # noqa: E731
+    assert ids(1) == ["line1:Picardo#0"]
+    assert ids(3) == ids(None) == ["line1:Picardo#0", "line1:Picardo#1", "line2:Picardo#0"]

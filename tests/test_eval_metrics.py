@@ -174,8 +174,21 @@ def test_loogle_metrics_equal_loogle_automatic_metrics():
 def test_loogle_cloze_match_by_hand():
     truth = {"<mask-0>": "Justin Timberlake", "<mask-1>": "Cerina Aragones", "<mask-2>": "Kentwood"}
     guess = "{'<mask-0>': 'Justin', '<mask-1>': 'Aragones Cerina', '<mask-2>': 'Kentwood'}"
-    assert metrics.loogle_cloze(guess, truth) == {"exact_match": 1 / 3, "partial_match": 1.0}
-    assert metrics.loogle_cloze("__import__('os')", truth) == {"exact_match": 0.0, "partial_match": 0.0}
+    assert metrics.loogle_cloze(guess, truth) == {"exact_matches": 1, "partial_matches": 3, "masks": 3}
+    assert metrics.loogle_cloze("__import__('os')", truth) == {"exact_matches": 0, "partial_matches": 0, "masks": 3}
+    # LooGLE eval()s the text as generated: a leading newline then a space is an IndentationError there
+    assert metrics.loogle_cloze("\n {'<mask-2>': 'Kentwood'}", truth)["exact_matches"] == 0
+    assert metrics.loogle_cloze("\n{'<mask-2>': 'Kentwood'}", truth)["exact_matches"] == 1
+
+
+def test_loogle_cloze_pools_masks_over_questions():
+    # the example: LooGLE's get_match_score gives 2 of 3 masks exact, 3 of 3 partial
+    first = metrics.loogle_cloze("{'<mask-0>': 'John', '<mask-1>': 'London'}",
+                                 {"<mask-0>": "John Smith", "<mask-1>": "London"})
+    second = metrics.loogle_cloze("{'<mask-0>': 'Paris'}", {"<mask-0>": "Paris"})
+    pooled = metrics.loogle_match_score([first, second])
+    assert pooled == {"exact_match": pytest.approx(200 / 3), "partial_match": 100.0}  # LooGLE prints 0.6667
+    assert (100 * 1 / 2 + 100 * 1 / 1) / 2 == 75.0  # the mean of per-question shares, which it is not
 
 
 def test_rouge_recursion_boundary_falls_where_eval_py_puts_it():

@@ -27,8 +27,9 @@ def model():
 def _args(data, chunks=4, chunk_tokens=0):
     parser = argparse.ArgumentParser()
     ocr.add_arguments(parser)
-    argv = ["--data", *map(str, data), "--chunks", str(chunks), "--chunk-tokens", str(chunk_tokens)]
-    return parser.parse_args(argv)
+    args = parser.parse_args(["--data", *map(str, data), "--chunk-tokens", str(chunk_tokens)])
+    args.samples = chunks  # the runner's --samples: chunks per path
+    return args
 
 
 def test_readers_take_txt_jsonl_and_folders(tmp_path):
@@ -117,7 +118,7 @@ def test_run_end_to_end_on_a_tiny_model(model, tmp_path):
 
 def test_bad_arguments_fail_before_any_reading(model, tmp_path):
     (tmp_path / "short.txt").write_text("too short")
-    with pytest.raises(Vist2Error, match="--chunks must be >= 1"):
+    with pytest.raises(Vist2Error, match="--samples must be >= 1"):
         ocr.run(_args([tmp_path / "short.txt"], chunks=0), model, TOKENIZER)
     with pytest.raises(Vist2Error, match="--chunk-tokens must be >= 1"):
         ocr.run(_args([tmp_path / "short.txt"], chunk_tokens=-1), model, TOKENIZER)

@@ -2,7 +2,10 @@
 
 import argparse
 import json
+import re
 import types
+from pathlib import Path
+from dataclasses import replace
 
 import pytest
 
@@ -35,6 +38,13 @@ def _args(tmp_path, *flags):
     return args
 
 
+def _claim(args, module):
+    """The folder check of a run, under its lock (released at once)."""
+    held, earlier = runner.claim(Path(args.out), args, module)
+    held.close()
+    return earlier
+
+
 def test_runner_writes_rows_predictions_and_plot(tmp_path, one_thread, capsys):
     rows = runner.run(_args(tmp_path, "--samples", "2", "--modes", "gcc,text", "--batch-size", "2"), _fake_benchmark())
     out = tmp_path / "out"
@@ -60,11 +70,11 @@ def test_runner_never_replaces_files_it_did_not_write(tmp_path):
     (out / "notes.txt").write_text("mine")
     (out / "results.json").write_text("an earlier run")
     with pytest.raises(Vist2Error, match="--overwrite"):
-        runner.check_arguments(_args(tmp_path), _fake_benchmark())
-    runner.check_arguments(_args(tmp_path, "--overwrite"), _fake_benchmark())
+        _claim(_args(tmp_path), _fake_benchmark())
+    _claim(_args(tmp_path, "--overwrite"), _fake_benchmark())
     (tmp_path / "file").write_text("x")
     with pytest.raises(Vist2Error, match="not a folder"):
-        runner.check_arguments(_args(tmp_path, "--out", str(tmp_path / "file")), _fake_benchmark())
+        _claim(_args(tmp_path, "--out", str(tmp_path / "file")), _fake_benchmark())
     assert (out / "notes.txt").read_text() == "mine"
 
 
@@ -116,12 +126,12 @@ def test_interrupted_run_resumes_to_the_same_summary(tmp_path, one_thread, capsy
 def test_resume_refuses_other_settings_and_foreign_files(tmp_path, one_thread):
     runner.run(_args(tmp_path, "--samples", "1", "--modes", "text", "--max-new-tokens", "2"), _fake_benchmark())
     with pytest.raises(Vist2Error, match="other settings .--samples"):
-        runner.check_arguments(_args(tmp_path, "--samples", "2", "--max-new-tokens", "2"), _fake_benchmark())
-    runner.check_arguments(_args(tmp_path, "--samples", "1", "--max-new-tokens", "2", "--modes", "gcc"),
+        _claim(_args(tmp_path, "--samples", "2", "--max-new-tokens", "2"), _fake_benchmark())
+    _claim(_args(tmp_path, "--samples", "1", "--max-new-tokens", "2", "--modes", "gcc"),
                            _fake_benchmark())  # another mode of the same run: resumable
     (tmp_path / "out" / "run.json").unlink()
     with pytest.raises(Vist2Error, match="without run.json; pass --overwrite"):
-        runner.check_arguments(_args(tmp_path, "--samples", "1", "--max-new-tokens", "2"), _fake_benchmark())
+        _claim(_args(tmp_path, "--samples", "1", "--max-new-tokens", "2"), _fake_benchmark())
 
 
 def test_samples_without_chat_template_get_the_bare_query(tiny, tmp_path, one_thread):
@@ -193,7 +203,83 @@ def test_resume_refuses_a_retrained_model(tmp_path, monkeypatch):
     monkeypatch.setattr("vist2.flags.check_model_source", lambda args: None)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "run.json").write_text(json.dumps(runner.run_folder.settings(args, _fake_benchmark())))
-    runner.check_arguments(args, _fake_benchmark())  # the same weights: resumable
+    _claim(args, _fake_benchmark())  # the same weights: resumable
     (model / "model.safetensors").write_bytes(b"retrained weights")
     with pytest.raises(Vist2Error, match="the --model weights changed"):
-        runner.check_arguments(args, _fake_benchmark())
+        _claim(args, _fake_benchmark())
+
+
+def test_samples_sharing_a_key_are_refused_before_generating(tmp_path, one_thread, monkeypatch):
+    benchmark = _fake_benchmark()
+    plain = benchmark.load_samples
+    benchmark.load_samples = lambda args, tokenizer: [replace(s, id="same") for s in plain(args, tokenizer)]
+    monkeypatch.setattr("vist2.generate.generate", lambda *a, **k: pytest.fail("generated"))
+    with pytest.raises(Vist2Error, match="two samples of task alpha have the id 'same'"):
+        runner.run(_args(tmp_path, "--samples", "2", "--modes", "text"), benchmark)
+
+
+def test_a_second_eval_is_refused_before_it_reads_or_writes_the_folder(tmp_path, one_thread, capsys, monkeypatch):
+    from vist2.folder_lock import hold
+
+    data = tmp_path / "gsm.jsonl"
+    data.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
+    out = tmp_path / "o"
+    argv = ["eval", "gsm8k", "--preset", "tiny", "--data", str(data), "--out", str(out), "--modes", "text",
+            "--no-progress-bar"]
+    assert main([*argv, "--max-new-tokens", "2"]) == 0
+    first = {name: (out / name).read_bytes() for name in runner.run_folder.OUTPUTS}
+    held = hold(out, "--out")  # the first run, still writing
+    monkeypatch.setattr("vist2.generate.load_model", lambda *a: pytest.fail("loaded a model"))
+    for flags in (["--max-new-tokens", "3"], ["--max-new-tokens", "3", "--overwrite"]):  # other settings
+        assert main([*argv, *flags]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and "in use by another run" in error
+    held.close()
+    assert {name: (out / name).read_bytes() for name in runner.run_folder.OUTPUTS} == first
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.pop("scores"), "field 'scores' is missing or not a dict"),
+    (lambda r: r["scores"].update(score="high"), "field 'scores' must hold 'score' and only finite numbers"),
+    (lambda r: r.update(length="long"), "field 'length' must be an integer or null"),
+    (lambda r: r["stats"].pop("kv_tokens_peak"), "field 'stats' must hold finite numbers"),
+    (lambda r: r["scores"].update(extra=1.0), r"scores \['extra', 'score'\] differ from line 1's \['score'\]"),
+])
+def test_a_damaged_record_to_resume_is_refused_before_loading(tmp_path, one_thread, capsys, monkeypatch, change,
+                                                                message):
+    data = tmp_path / "gsm.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(2)))
+    out = tmp_path / "o"
+    argv = ["eval", "gsm8k", "--preset", "tiny", "--data", str(data), "--out", str(out), "--modes", "text",
+            "--max-new-tokens", "2", "--no-progress-bar"]
+    assert main(argv) == 0
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    change(records[1])
+    (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    capsys.readouterr()
+    monkeypatch.setattr("vist2.generate.load_model", lambda *a: pytest.fail("loaded a model"))
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and re.search(f"predictions.jsonl, line 2: {message}", error)
+
+
+def test_prompts_and_data_files_are_recorded_by_sha256(tmp_path, one_thread, capsys):
+    import hashlib
+
+    data = tmp_path / "gsm.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(2)))
+    out = tmp_path / "o"
+    argv = ["eval", "gsm8k", "--preset", "tiny", "--data", str(data), "--out", str(out), "--modes", "text,gcc",
+            "--max-new-tokens", "2", "--no-progress-bar"]
+    assert main(argv) == 0
+    settings = json.loads((out / "run.json").read_text())
+    assert settings["data"] == {str(data): hashlib.sha256(data.read_bytes()).hexdigest()}
+    prompts = [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
+    assert len(prompts) == 2 and all(p["sha256"] == hashlib.sha256(p["prompt"].encode()).hexdigest() for p in prompts)
+    assert "Question: 0+1?" in prompts[0]["prompt"]
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and {r["prompt_sha256"] for r in records} == {p["sha256"] for p in prompts}
+    data.write_text(data.read_text().replace("0+1?", "0+2?"))  # the same flags, other data: another run
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "other settings (the data files changed)" in capsys.readouterr().err

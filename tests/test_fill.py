@@ -161,7 +161,7 @@ def test_chunking_flag_end_to_end(tmp_path, capsys):
     gcc = next(r for r in rows if r["mode"] == "gcc")
     assert gcc["kv_tokens_peak"] == gcc["bound"]["kv_tokens_peak"]
     (tmp_path / "essay.txt").write_text("It was a bright cold day in April, and the clocks were striking. " * 8)
-    assert main(["eval", "ocr", "--preset", "tiny", "--data", str(tmp_path / "essay.txt"), "--chunks", "2",
+    assert main(["eval", "ocr", "--preset", "tiny", "--data", str(tmp_path / "essay.txt"), "--samples", "2",
                  "--chunking", "fill", "--min-font-size", "12", "--out", str(tmp_path / "eval"),
                  "--no-progress-bar"]) == 0
     row = json.loads((tmp_path / "eval" / "results.json").read_text())["rows"][0]

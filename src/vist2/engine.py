@@ -84,6 +84,15 @@ class Engine:
     def add(self, query: str | list[int], config, options: ChunkOptions | None = None,
             forced: list[int] | None = None, keep_logits: bool = False) -> Request:
         """Queue a request (a prompt string or query ids); it joins the batch at the next step."""
+        request = self.request(query, config, options, forced, keep_logits)
+        with self._lock:
+            self.waiting.append(request)
+        return request
+
+    def request(self, query: str | list[int], config, options: ChunkOptions | None = None,
+                forced: list[int] | None = None, keep_logits: bool = False) -> Request:
+        """The request `add` would queue, prompt built and checked (it fits the backbone's
+        positions), not queued: a caller can check many prompts before generating any."""
         options = options or self.options
         if options.beta != self.options.beta:
             raise Vist2Error(f"beta {options.beta} differs from this engine's page ({self.options.beta} tokens)")
@@ -97,8 +106,6 @@ class Engine:
         if config.seed is not None:
             request.generator = torch.Generator(device=self.model.device).manual_seed(config.seed)
         request.chunker = Chunker(self.tokenizer, options.chunk_tokens, fill)
-        with self._lock:
-            self.waiting.append(request)
         return request
 
     def cancel(self, request: Request) -> None:

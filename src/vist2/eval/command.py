@@ -1,7 +1,8 @@
 """`vist2 eval BENCHMARK`: one subcommand per benchmark module, all sharing the runner's flags.
 
 A benchmark module (see `vist2.eval.runner`) is registered by adding its name to BENCHMARKS;
-its `add_arguments(parser)` adds its own flags. Modules must import nothing heavy at the top,
+its `add_arguments(parser)` adds its own flags; SAMPLES (default --samples, None: all) and
+MODES (the modes it has, default text, pcc and gcc) are optional. Modules must import nothing heavy at the top,
 since they are imported whenever `vist2` builds its parser. A module with `main(args) -> int`
 (e.g. one that scores a file) gets a plain subcommand without the runner's flags.
 """
@@ -37,17 +38,20 @@ def add_eval(commands) -> None:
             module.add_arguments(sub)
             sub.set_defaults(run=module.main)
             continue
-        add_common_arguments(sub, module.NAME)
+        add_common_arguments(sub, module.NAME, getattr(module, "SAMPLES", 10), getattr(module, "MODES", None))
         module.add_arguments(sub)
         sub.set_defaults(run=lambda args, module=module: _run(args, module))
 
 
-def add_common_arguments(parser, name: str) -> None:
+def add_common_arguments(parser, name: str, samples: int | None = 10, modes: tuple[str, ...] | None = None) -> None:
     from vist2.flags import add_chunking_flags, add_generation_options, add_model_source
+    from vist2.generate import MODES
 
     add_model_source(parser)
-    parser.add_argument("--modes", default="text,pcc,gcc", help="comma-separated modes (default text,pcc,gcc)")
-    parser.add_argument("--samples", type=int, default=10, help="samples per task and length (default 10)")
+    modes = ",".join(modes or MODES)
+    parser.add_argument("--modes", default=modes, help=f"comma-separated modes (default {modes})")
+    parser.add_argument("--samples", type=int, default=samples,
+                        help=f"samples per task and length (default {samples or 'all'})")
     parser.add_argument("--out", default=f"vist2-eval-{name}",
                         help=f"output folder; only our own files are written there (default ./vist2-eval-{name})")
     parser.add_argument("--overwrite", action="store_true",

@@ -34,10 +34,14 @@ def check_arguments(args) -> None:
         raise Vist2Error(f"--data {path} is larger than {MAX_FILE_BYTES // 2**20} MiB")
 
 
+def data_files(args) -> list[Path]:
+    return [Path(args.data)]
+
+
 def load_samples(args, tokenizer) -> list[EvalSample]:
     """The first --samples problems of the file; a malformed line is an error naming it."""
     check_arguments(args)
-    samples = []
+    samples, ids = [], {}
     for number, item in jsonl_files.records(Path(args.data)):
         if len(samples) == args.samples:
             break
@@ -47,7 +51,10 @@ def load_samples(args, tokenizer) -> list[EvalSample]:
         reference = reference_answer(item["answer"])
         if reference is None:
             raise Vist2Error(f"{where}: the answer does not end with `#### N`")
-        samples.append(EvalSample(id=str(item.get("id", number)), task=NAME,
+        given = item.get("id")  # a line without one is "line<N>" (a given id equal to it is refused)
+        sample_id = f"line{number}" if given is None else str(given)
+        jsonl_files.unique_id(ids, sample_id, Path(args.data), number, "id")
+        samples.append(EvalSample(id=sample_id, task=NAME,
                                   query=PROMPT.format(question=item["question"].strip()),
                                   references=(reference,), max_new_tokens=256))
     return samples

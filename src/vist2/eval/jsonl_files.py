@@ -90,3 +90,13 @@ def finite_number(value: Any, where: str, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise Vist2Error(f"{where}: field {name!r} must be a finite number, got {value!r}")
     return value
+
+
+def unique_id(seen: dict[str, int], value: str, path: Path, number: int, field: str) -> str:
+    """`value`, recorded in `seen` (id -> line) after checking no earlier line of `path` had it:
+    two samples with one id would share one prediction key and collapse into one score."""
+    if value in seen:
+        raise Vist2Error(f"{path}, lines {seen[value]} and {number}: both have {field} {value!r}; sample ids must "
+                         "be unique within a file")
+    seen[value] = number
+    return value

@@ -9,11 +9,13 @@ scores are its metrics (metrics.py), 0-100. Rows: one per subset in v1; per subs
 length bucket in LongBench-E (`length` is the bucket's lower bound, 0, 4000 or 8000, in
 LongBench's words-or-characters count). `extra["chat_template"]` is False for the subsets
 LongBench feeds as raw text; the runner then builds the prompt without the chat template.
+--samples N keeps the first N records of each subset (of each length bucket for -E; default all).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 
 from vist2.errors import Vist2Error
 from vist2.eval import jsonl_files
@@ -22,6 +24,7 @@ from vist2.eval.metrics import length_bucket, sample_score
 from vist2.eval.sample import EvalSample
 
 NAME = "longbench"
+SAMPLES = None  # --samples default: every record
 BUCKET_START = {"0-4k": 0, "4-8k": 4000, "8k+": 8000}
 
 
@@ -72,16 +75,25 @@ def middle_truncate(prompt: str, tokenizer, max_tokens: int | None) -> str:
     return tokenizer.decode(ids[:half], skip_special_tokens=True) + tokenizer.decode(ids[-half:], skip_special_tokens=True)
 
 
-def read_subset(path, task: str, e: bool, tokenizer=None, max_prompt_tokens: int | None = None) -> list[EvalSample]:
-    """Every record of one subset file as an EvalSample, each field checked."""
-    samples = []
+def read_subset(path, task: str, e: bool, tokenizer=None, max_prompt_tokens: int | None = None,
+                limit: int | None = None) -> list[EvalSample]:
+    """The records of one subset file as EvalSamples, each field checked: all, or the first `limit`
+    (of each length bucket for LongBench-E)."""
+    samples, ids, taken = [], {}, Counter()
     for number, record in jsonl_files.records(path):
+        if limit is not None and not e and len(samples) == limit:
+            break
         where = f"{path}, line {number}"
+        sample_id = jsonl_files.unique_id(ids, _string(record, "_id", where), path, number, "_id")
         context, question = _string(record, "context", where), _string(record, "input", where)
         answers = _strings(record.get("answers"), "answers", where)
         classes = record.get("all_classes")
         classes = None if classes is None else list(_strings(classes, "all_classes", where))
         length = jsonl_files.finite_number(record.get("length"), where, "length")
+        bucket = BUCKET_START[length_bucket(length)] if e else None
+        if limit is not None and taken[bucket] == limit:
+            continue
+        taken[bucket] += 1
         if not answers:
             raise Vist2Error(f"{where}: field 'answers' is empty")
         if task in ("trec", "lsht") and not classes:
@@ -89,13 +101,14 @@ def read_subset(path, task: str, e: bool, tokenizer=None, max_prompt_tokens: int
         prompt = middle_truncate(DATASET_PROMPT[task].format(context=context, input=question), tokenizer, max_prompt_tokens)
         samples.append(
             EvalSample(
-                id=_string(record, "_id", where),
+                id=sample_id,
                 task=task,
                 query=prompt,
                 references=answers,
                 max_new_tokens=DATASET_MAX_NEW_TOKENS[task],
-                length=BUCKET_START[length_bucket(length)] if e else None,
+                length=bucket,
                 extra={
+                    "where": where,
                     "all_classes": classes,
                     "length": length,
                     "language": record.get("language"),
@@ -123,10 +136,14 @@ def check_arguments(args: argparse.Namespace) -> dict:
     return task_files(args, {task: f"{task}_e.jsonl" if args.e else f"{task}.jsonl" for task in tasks})
 
 
+def data_files(args: argparse.Namespace) -> list:
+    return list(check_arguments(args).values())
+
+
 def load_samples(args: argparse.Namespace, tokenizer) -> list[EvalSample]:
     samples = []
     for task, path in check_arguments(args).items():
-        samples += read_subset(path, task, args.e, tokenizer, args.max_prompt_tokens)
+        samples += read_subset(path, task, args.e, tokenizer, args.max_prompt_tokens, args.samples)
     return samples
 
 

@@ -6,14 +6,19 @@ DIR holds `<task>.jsonl` for the tasks below, as LooGLE distributes them (its
 LooGLE-testdata/ folder or the Hugging Face dataset saved as JSONL). Each line is one
 document: `input` (the long text), `title`, `qa_pairs` (a list of {"Q", "A", ...} records,
 usually written as a Python-literal string; "none" for summarization) and `output` (the
-summary). Every question becomes one sample; a summarization document is one sample.
+summary). Every question becomes one sample; a summarization document is one sample. A
+sample's id is `line<N>:<title>#<question index>`, unique even where documents share a title.
+--samples N keeps the first N samples of each task (default all).
 Prompts and answer lengths are those of LooGLE's prediction scripts (config/task2prompt.json,
 config/task2maxlen.json).
 
 Scores (0-100, metrics.py): QA and summarization: "score" is ROUGE-L recall, with BLEU-1,
-BLEU-4, ROUGE-1 and ROUGE-2 beside it; cloze: "score" is the exact match share of masks,
-with partial match beside it. Not computed: METEOR (needs the WordNet corpus), BERTScore
-(needs model weights) and LooGLE's GPT-4 judge (needs an API).
+BLEU-4, ROUGE-1 and ROUGE-2 beside it; cloze: "score" is exact match, with partial match
+beside it, each pooled over the masks of all questions as LooGLE's scorer pools them (a row's
+score is matched masks / masks of its questions, not the mean of per-question shares; a
+prediction record's "score" is its own question's share, and its mask counts are beside it).
+Not computed: METEOR (needs the WordNet corpus), BERTScore (needs model weights) and LooGLE's
+GPT-4 judge (needs an API).
 """
 
 from __future__ import annotations
@@ -21,14 +26,16 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+from dataclasses import replace
 
 from vist2.errors import Vist2Error
 from vist2.eval import jsonl_files
 from vist2.eval.longbench import middle_truncate, task_files
-from vist2.eval.metrics import loogle_cloze, loogle_similarity
-from vist2.eval.sample import EvalSample
+from vist2.eval.metrics import loogle_cloze, loogle_match_score, loogle_similarity
+from vist2.eval.sample import EvalSample, Row
 
 NAME = "loogle"
+SAMPLES = None  # --samples default: every question
 QA_PROMPT = "Please answer the question based on the long texts below. \n{input}\nQuestion: {Q}\nAnswer: "
 TASK_PROMPT = {
     "shortdep_qa": QA_PROMPT,
@@ -101,10 +108,14 @@ def _literal(text: str):
         return None
 
 
-def read_task(path, task: str, tokenizer=None, max_prompt_tokens: int | None = None) -> list[EvalSample]:
-    """Every question (or summarization document) of one task file as an EvalSample."""
+def read_task(path, task: str, tokenizer=None, max_prompt_tokens: int | None = None,
+              limit: int | None = None) -> list[EvalSample]:
+    """The questions (or summarization documents) of one task file as EvalSamples: all, or the
+    first `limit`."""
     samples = []
     for number, record in jsonl_files.records(path):
+        if limit is not None and len(samples) >= limit:
+            break
         where = f"{path}, line {number}"
         text, title = record.get("input"), record.get("title", f"line{number}")
         if not isinstance(text, str) or not isinstance(title, str):
@@ -121,18 +132,20 @@ def read_task(path, task: str, tokenizer=None, max_prompt_tokens: int | None = N
             items = [(None, summary)]
         else:
             items = [(pair.get("Q"), _answer(pair, task, where)) for pair in pairs]
+        if limit is not None:
+            items = items[: limit - len(samples)]
         for index, (question, answer) in enumerate(items):
             fields = {"input": text} if question is None else {"input": text, "Q": question}
             prompt = middle_truncate(TASK_PROMPT[task].format(**fields), tokenizer, max_prompt_tokens)
             reference = json.dumps(answer, ensure_ascii=False) if isinstance(answer, dict) else answer
             samples.append(
                 EvalSample(
-                    id=f"{title}#{index}",
+                    id=f"line{number}:{title}#{index}",
                     task=task,
                     query=prompt,
                     references=(reference,),
                     max_new_tokens=TASK_MAX_NEW_TOKENS[task],
-                    extra={"masks": answer} if isinstance(answer, dict) else {},
+                    extra={"where": where, **({"masks": answer} if isinstance(answer, dict) else {})},
                 )
             )
     if not samples:
@@ -145,19 +158,35 @@ def check_arguments(args: argparse.Namespace) -> dict:
     return task_files(args, {task: f"{task}.jsonl" for task in selected_tasks(args.tasks)})
 
 
+def data_files(args: argparse.Namespace) -> list:
+    return list(check_arguments(args).values())
+
+
 def load_samples(args: argparse.Namespace, tokenizer) -> list[EvalSample]:
     samples = []
     for task, path in check_arguments(args).items():
-        samples += read_task(path, task, tokenizer, args.max_prompt_tokens)
+        samples += read_task(path, task, tokenizer, args.max_prompt_tokens, args.samples)
     return samples
 
 
 def score(sample: EvalSample, prediction: str) -> dict[str, float]:
-    """LooGLE's offline metrics for one prediction, 0-100 (see the module docstring)."""
+    """LooGLE's offline metrics for one prediction, 0-100 (see the module docstring); for cloze
+    also the question's mask counts, which `pool` sums over a row."""
     if sample.task == "shortdep_cloze":
-        match = loogle_cloze(prediction, sample.extra["masks"])
-        return {"score": 100 * match["exact_match"], "partial_match": 100 * match["partial_match"]}
+        counts = loogle_cloze(prediction, sample.extra["masks"])
+        match = loogle_match_score([counts])
+        return {"score": match["exact_match"], "partial_match": match["partial_match"], **counts}
     metrics = loogle_similarity(prediction, sample.references[0])
     scores = {"score": 100 * metrics["rougeL"]}
     scores.update({name: 100 * metrics[name] for name in ("bleu1", "bleu4", "rouge1", "rouge2")})
     return scores
+
+
+def pool(row: Row) -> Row:
+    """A cloze row scored as LooGLE pools it: its means of mask counts per question give the
+    same ratio as the sums (matched masks / masks), which replaces the mean of shares."""
+    if "masks" not in row.extra:
+        return row
+    counts = {name: row.extra[name] for name in ("exact_matches", "partial_matches", "masks")}
+    match = loogle_match_score([counts])
+    return replace(row, score=match["exact_match"], extra={**row.extra, "partial_match": match["partial_match"]})

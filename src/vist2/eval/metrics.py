@@ -17,7 +17,8 @@ shifts the limit by its depth so that the boundary falls where eval.py's falls.
 
 LooGLE (bigai-nlco/LooGLE, `Evaluation/automatic_metrics.py`), the metrics that run offline:
 BLEU-1/BLEU-4 (nltk's sentence_bleu on whitespace tokens), ROUGE-1/2/L recall (the `rouge`
-package, as LooGLE reports recall), and for cloze the exact and partial entity match.
+package, as LooGLE reports recall), and for cloze the exact and partial entity match, pooled
+over the masks of all questions (`Evaluation/automatic_eval.py`, get_match_score).
 Left out: METEOR (nltk needs the WordNet corpus, which no package here ships, and LooGLE
 feeds it sets, so its value depends on hash order), BERTScore (needs model weights) and the
 GPT-4 judge (needs an API).
@@ -272,18 +273,19 @@ def loogle_similarity(prediction: str, reference: str) -> dict[str, float]:
 
 
 def parse_cloze_answer(text: str) -> dict | None:
-    """A prediction like "{'<mask-0>': 'Bob'}" as a dict, or None. LooGLE eval()s it; a
-    literal parse gives the same dicts and never runs model output."""
+    """A prediction like "{'<mask-0>': 'Bob'}" as a dict, or None. LooGLE eval()s the text as
+    generated (not stripped); a literal parse gives the same dicts and never runs model output."""
     try:
-        value = ast.literal_eval(text.strip())
+        value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
 
-def loogle_cloze(prediction: str, reference: dict[str, str]) -> dict[str, float]:
-    """Share of masks filled exactly, and with at least one shared word, in [0, 1]. LooGLE
-    pools counts over all samples; a per-sample share averages the same when mask counts are equal."""
+def loogle_cloze(prediction: str, reference: dict[str, str]) -> dict[str, int]:
+    """Counts of one question, as LooGLE's get_exact_match / get_partial_match: masks filled
+    exactly, masks sharing at least one word with the reference, and masks. A guess that is
+    not a string shares no word (LooGLE crashes there)."""
     if not reference:
         raise Vist2Error("a cloze answer needs at least one mask")
     guess = parse_cloze_answer(prediction) or {}
@@ -292,4 +294,12 @@ def loogle_cloze(prediction: str, reference: dict[str, str]) -> dict[str, float]
         key in guess and isinstance(guess[key], str) and bool(set(value.split()) & set(guess[key].split()))
         for key, value in reference.items()
     )
-    return {"exact_match": exact / len(reference), "partial_match": partial / len(reference)}
+    return {"exact_matches": exact, "partial_matches": partial, "masks": len(reference)}
+
+
+def loogle_match_score(counts: Sequence[dict[str, int]]) -> dict[str, float]:
+    """Exact and partial match, 0-100, pooled as LooGLE's get_match_score pools them: matched
+    masks of all questions over all masks (not a mean of per-question shares). LooGLE prints
+    the fraction rounded to 4 places; this is not rounded."""
+    masks = sum(c["masks"] for c in counts)
+    return {name: 100 * sum(c[f"{name}es"] for c in counts) / masks for name in ("exact_match", "partial_match")}

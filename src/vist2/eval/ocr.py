@@ -2,7 +2,8 @@
 
 Each document of --data is cut into chunks of K tokens (the model's chunk, or --chunk-tokens);
 each chunk is rendered to its page and the model transcribes the page greedily, as many tokens
-as the chunk has, from the page's visual tokens alone. One row per data source:
+as the chunk has, from the page's visual tokens alone; --samples chunks per data source, spread
+evenly (default 256). One row per data source:
 
 - score: character accuracy, 100 x (1 - edit distance / reference characters), floored at 0
 - rouge_l: ROUGE-L F1 over words, mean over chunks (0-100)
@@ -30,6 +31,8 @@ if TYPE_CHECKING:  # torch and the renderer load only when a run starts: `vist2 
     from vist2.render import Renderer
 
 NAME = "ocr"
+SAMPLES = 256  # --samples: chunks read per --data path
+MODES = ("ocr",)  # reading a page back is its own mode; text, pcc and gcc do not apply
 SUFFIXES = (".txt", ".jsonl")
 MAX_FILE_BYTES = 64 << 20  # one data file; larger ones are refused, not cut
 MAX_FILES = 10_000
@@ -39,7 +42,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", nargs="+", required=True, metavar="PATH",
                         help="held-out text: .txt files, JSONL files with a 'text' field, or folders of them "
                              "(one result row per path)")
-    parser.add_argument("--chunks", type=int, default=256, help="chunks read per path, spread evenly (default 256)")
     parser.add_argument("--chunk-tokens", type=int, default=0,
                         help="tokens per page (default 0: the model's chunk K); the ratio is this / beta")
 
@@ -154,13 +156,17 @@ def evaluate(model, tokenizer, chunks: list[list[int]], renderer: Renderer, task
 
 
 def check_arguments(args) -> None:
-    """--chunks, --chunk-tokens and the --data paths, checked before the model is loaded."""
-    if args.chunks < 1:
-        raise Vist2Error(f"--chunks must be >= 1, got {args.chunks}")
+    """--samples, --chunk-tokens and the --data paths, checked before the model is loaded."""
+    if args.samples < 1:
+        raise Vist2Error(f"--samples must be >= 1, got {args.samples}")
     if args.chunk_tokens < 0:
         raise Vist2Error(f"--chunk-tokens must be >= 1 (or 0 for the model's chunk), got {args.chunk_tokens}")
     for name in args.data:
         _files(name)
+
+
+def data_files(args) -> list[Path]:
+    return [path for name in args.data for path in _files(name)]
 
 
 def run(args, model, tokenizer) -> tuple[list[Row], list[dict]]:
@@ -178,7 +184,7 @@ def run(args, model, tokenizer) -> tuple[list[Row], list[dict]]:
         task = Path(name).stem or name
         if task in sources:
             raise Vist2Error(f"--data: two paths are both named {task!r}; rows are named after the path")
-        chunks = held_out_chunks(tokenizer, read_documents(name), size, args.chunks, fill)
+        chunks = held_out_chunks(tokenizer, read_documents(name), size, args.samples, fill)
         if not chunks:
             raise Vist2Error(f"--data: {name} holds no text of {size} tokens or more (one chunk)")
         sources[task] = chunks

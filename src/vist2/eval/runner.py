@@ -2,7 +2,9 @@
 
 A benchmark module exposes NAME, add_arguments(parser), load_samples(args, tokenizer) and
 score(sample, prediction) (or run(args, model, tokenizer) -> (rows, records)); optionally
-check_arguments(args), called before anything is loaded, and PACKAGES, versions to record.
+check_arguments(args), called before anything is loaded, data_files(args), the files it reads
+(their sha256 go into run.json), pool(row), which turns a row's means into the benchmark's own
+pooled score, and PACKAGES, versions to record.
 The runner writes into --out only the files it owns (`run_folder`): each prediction is appended
 to predictions.jsonl as it finishes, so an interrupted run resumes when rerun into the same folder.
 
@@ -29,9 +31,36 @@ MODE_ORDER = ("text", "pcc", "gcc")
 
 
 def run(args, module) -> list[Row]:
-    """Check every flag, load the model, evaluate, write the outputs and print the table."""
+    """Check every flag, lock --out and check what it holds, load the model, evaluate, write the
+    outputs and print the table."""
     modes = check_arguments(args, module)
-    resume = run_folder.check(Path(args.out), args, module)
+    out = Path(args.out)
+    held, earlier = claim(out, args, module)
+    try:
+        return _run(args, module, modes, out, earlier)
+    finally:
+        if held is not None:
+            held.close()
+
+
+def claim(out: Path, args, module):
+    """Create --out and lock it for this process, then check what it holds: under the lock, so no
+    other run writes there between this check and our writes. (lock or None, the earlier run's
+    records by key when resuming, each checked, else None)."""
+    if out.exists() and not out.is_dir():
+        raise Vist2Error(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    held = hold(out, "--out")  # a second eval into the same folder is refused while this one runs
+    try:
+        resume = run_folder.check(out, args, module) and not hasattr(module, "run")
+        return held, run_folder.earlier(out / run_folder.PREDICTIONS) if resume else None
+    except BaseException:
+        if held is not None:
+            held.close()
+        raise
+
+
+def _run(args, module, modes: list[str], out: Path, earlier: dict | None) -> list[Row]:
     import torch
 
     from vist2.generate import load_model
@@ -40,19 +69,18 @@ def run(args, module) -> list[Row]:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
     start = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    held = hold(out, "--out")  # a second eval into the same folder is refused while this one runs
     if hasattr(module, "run"):  # no per-sample records to resume from: all files at the end
         rows, records = module.run(args, model, tokenizer)
-        run_folder.start(out, args, module, resume=False)
+        run_folder.start(out, args, module, None)
         with open(out / run_folder.PREDICTIONS, "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     else:
         samples = module.load_samples(args, tokenizer)
         if not samples:
             raise Vist2Error(f"{module.NAME}: no samples to evaluate")
-        done = run_folder.start(out, args, module, resume)
+        check_unique(module.NAME, samples)
+        done = run_folder.start(out, args, module, earlier)
+        run_folder.write_prompts(out, samples)
         with open(out / run_folder.PREDICTIONS, "a", encoding="utf-8") as handle:
             try:
                 records = evaluate(model, tokenizer, samples, modes, module.score, args, done, handle)
@@ -65,23 +93,24 @@ def run(args, module) -> list[Row]:
 
         fill = chunk_options(model, **chunking_args(args)).chunking == "fill"
         rows = summarize(module.NAME, records, None if fill else model.config.ratio)
+        rows = [module.pool(row) for row in rows] if hasattr(module, "pool") else rows
     write_outputs(out, args, module, rows, time.perf_counter() - start)
-    if held is not None:
-        held.close()
     print(table(rows))
-    print(f"wrote {', '.join(run_folder.OUTPUTS)} to {args.out}")
+    print(f"wrote {', '.join(name for name in run_folder.OUTPUTS if (out / name).exists())} to {args.out}")
     return rows
 
 
 def check_arguments(args, module) -> list[str]:
-    """Every common flag, the benchmark's own (check_arguments) and the output folder; the modes."""
+    """Every common flag and the benchmark's own (check_arguments), before --out is touched; the modes."""
     from vist2.flags import check_model_source, generation_config
     from vist2.generate import MODES
 
+    allowed = getattr(module, "MODES", MODES)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
+    bad = [m for m in modes if m not in allowed]
     if bad or not modes or len(set(modes)) != len(modes):
-        raise Vist2Error(f"--modes must be distinct names from {', '.join(MODES)}, got {args.modes!r}")
+        only = "" if allowed == MODES else f" ({module.NAME} has no other modes)"
+        raise Vist2Error(f"--modes must be distinct names from {', '.join(allowed)}, got {args.modes!r}{only}")
     for flag in ("samples", "batch_size", "threads", "max_new_tokens"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -91,18 +120,35 @@ def check_arguments(args, module) -> list[str]:
     for flag in ("temperature", "top_p", "repetition_penalty"):
         if not math.isfinite(getattr(args, flag)):
             raise Vist2Error(f"--{flag.replace('_', '-')} must be a finite number, got {getattr(args, flag)}")
-    for mode in modes:
+    for mode in set(modes) & set(MODES):
         generation_config(args, mode, args.max_new_tokens or 1)  # raises on bad sampling flags
     check_model_source(args)
     if hasattr(module, "check_arguments"):
         module.check_arguments(args)
-    run_folder.check(Path(args.out), args, module)
-    return sorted(modes, key=MODE_ORDER.index)
+    return sorted(modes, key=lambda mode: (MODE_ORDER + allowed).index(mode))
+
+
+def check_unique(benchmark: str, samples: list[EvalSample]) -> None:
+    """Refuse two samples with one prediction key: they would share a record and one score."""
+    seen = set()
+    for sample in samples:
+        if (sample.task, sample.length, sample.id) in seen:
+            raise Vist2Error(f"{benchmark}: two samples of task {sample.task} have the id {sample.id!r}; "
+                             "sample ids must be unique")
+        seen.add((sample.task, sample.length, sample.id))
 
 
 def chat_template(sample: EvalSample) -> bool:
     """Whether the sample's prompt goes through the chat template (LongBench's trec, lcc, ... do not)."""
     return sample.extra.get("chat_template", True) is not False
+
+
+def sample_config(args, mode: str, sample: EvalSample):
+    """The GenerationConfig a sample is generated with in `mode` (batches share one: `batches`)."""
+    from vist2.flags import generation_config
+
+    return replace(generation_config(args, mode, args.max_new_tokens or sample.max_new_tokens),
+                   chat_template=chat_template(sample))
 
 
 def batches(samples: list[EvalSample], size: int, tokenizer) -> list[list[EvalSample]]:
@@ -126,7 +172,7 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
     records of these samples and modes, mode by mode in sample order."""
     from tqdm import tqdm
 
-    from vist2.flags import chunking_args, generation_config
+    from vist2.flags import chunking_args
     from vist2.generate import generate
     from vist2.options import chunk_options
 
@@ -134,20 +180,21 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
     done = dict(done or {})
     keys = {mode: [(s.task, s.length, s.id, mode) for s in samples] for mode in modes}
     todo = {mode: [s for s, k in zip(samples, keys[mode]) if k not in done] for mode in modes}
+    check_lengths(model, tokenizer, todo, args, options)
     total, skipped = len(samples) * len(modes), sum(len(samples) - len(t) for t in todo.values())
     if skipped:
         print(f"resuming: {skipped} of {total} predictions already in --out", file=sys.stderr)
     with tqdm(total=total, initial=skipped, desc="eval", unit="sample", disable=not args.progress_bar) as bar:
         for mode in modes:
             for group in batches(todo[mode], args.batch_size, tokenizer) if todo[mode] else []:
-                config = replace(generation_config(args, mode, args.max_new_tokens or group[0].max_new_tokens),
-                                 chat_template=chat_template(group[0]))
+                config = sample_config(args, mode, group[0])
                 results = generate(model, tokenizer, [s.query for s in group], config, options=options)
                 for sample, result in zip(group, results):
                     record = {
                         "id": sample.id, "task": sample.task, "length": sample.length, "mode": mode,
-                        "prediction": result.text, "references": list(sample.references),
-                        "scores": score(sample, result.text), "stats": result.stats.as_dict(),
+                        "prompt_sha256": run_folder.sha256_text(sample.query), "prediction": result.text,
+                        "references": list(sample.references), "scores": score(sample, result.text),
+                        "stats": result.stats.as_dict(),
                     }
                     done[run_folder.key(record)] = record
                     if sink is not None:
@@ -155,6 +202,23 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
                         sink.flush()
                 bar.update(len(group))
     return [done[k] for mode in modes for k in keys[mode]]
+
+
+def check_lengths(model, tokenizer, todo: dict[str, list[EvalSample]], args, options) -> None:
+    """Refuse, before generating anything, a sample whose prompt and answer exceed the model's
+    positions in a mode, naming its file and line (extra["where"]) and id."""
+    from vist2.engine import Engine
+
+    engine = Engine(model, tokenizer, options=options)
+    for mode, samples in todo.items():
+        for sample in samples:
+            try:
+                engine.request(sample.query, sample_config(args, mode, sample))
+            except Vist2Error as error:
+                cut = " (--max-prompt-tokens N cuts prompts in the middle)" \
+                    if hasattr(args, "max_prompt_tokens") else ""
+                raise Vist2Error(f"{sample.extra.get('where', sample.task)}: sample {sample.id!r} does not fit the "
+                                 f"model: {error}{cut}") from None
 
 
 def summarize(benchmark: str, records: list[dict], ratio: float) -> list[Row]:
