@@ -105,10 +105,16 @@ def chat_template(sample: EvalSample) -> bool:
     return sample.extra.get("chat_template", True) is not False
 
 
+def stop_strings(sample: EvalSample) -> tuple[str, ...]:
+    """The sample's own stop strings (lm-eval's `until` for GSM8K's few-shot prompt), added to --stop."""
+    return tuple(sample.extra.get("stop_strings", ()))
+
+
 def batches(samples: list[EvalSample], size: int, tokenizer) -> list[list[EvalSample]]:
-    """Batches of similar prompt length, equal max_new_tokens and chat template (one GenerationConfig each)."""
+    """Batches of similar prompt length, equal max_new_tokens, chat template and stop strings
+    (one GenerationConfig each)."""
     lengths = {id(s): len(tokenizer.encode(s.query, add_special_tokens=False)) for s in samples}
-    same = lambda s: (s.max_new_tokens, chat_template(s))  # noqa: E731
+    same = lambda s: (s.max_new_tokens, chat_template(s), stop_strings(s))  # noqa: E731
     ordered = sorted(samples, key=lambda s: (*same(s), lengths[id(s)]))
     groups = []
     for sample in ordered:
@@ -140,8 +146,9 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
     with tqdm(total=total, initial=skipped, desc="eval", unit="sample", disable=not args.progress_bar) as bar:
         for mode in modes:
             for group in batches(todo[mode], args.batch_size, tokenizer) if todo[mode] else []:
-                config = replace(generation_config(args, mode, args.max_new_tokens or group[0].max_new_tokens),
-                                 chat_template=chat_template(group[0]))
+                config = generation_config(args, mode, args.max_new_tokens or group[0].max_new_tokens)
+                config = replace(config, chat_template=chat_template(group[0]),
+                                 stop_strings=config.stop_strings + stop_strings(group[0]))
                 results = generate(model, tokenizer, [s.query for s in group], config, options=options)
                 for sample, result in zip(group, results):
                     record = {
