@@ -11,17 +11,19 @@ to predictions.jsonl as it finishes, so an interrupted run resumes when rerun in
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import platform
 import sys
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
 from vist2.errors import Vist2Error
-from vist2.eval import run_folder
+from vist2.eval import run_folder, shard
 from vist2.eval.sample import EvalSample, Row
 from vist2.folder_lock import hold
 
@@ -32,34 +34,44 @@ def run(args, module) -> list[Row]:
     """Check every flag, load the model, evaluate, write the outputs and print the table."""
     modes = check_arguments(args, module)
     resume = run_folder.check(Path(args.out), args, module)
+    if shard.launched() and hasattr(module, "run"):
+        raise Vist2Error(f"{module.NAME} runs in one process: launch it without torchrun or accelerate")
+    rank, _ = shard.processes()  # several processes: rank 0 owns --out (vist2.eval.shard)
     import torch
 
     from vist2.generate import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
+    model, tokenizer = load_model(args.model, args.preset, args.seed, shard.device(args.device), args.dtype)
     start = time.perf_counter()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    held = hold(out, "--out")  # a second eval into the same folder is refused while this one runs
+    held = None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        held = hold(out, "--out")  # a second eval into the same folder is refused while this one runs
     if hasattr(module, "run"):  # no per-sample records to resume from: all files at the end
         rows, records = module.run(args, model, tokenizer)
         run_folder.start(out, args, module, resume=False)
         with open(out / run_folder.PREDICTIONS, "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     else:
-        samples = module.load_samples(args, tokenizer)
+        samples = shard.share(lambda: module.load_samples(args, tokenizer))
         if not samples:
             raise Vist2Error(f"{module.NAME}: no samples to evaluate")
-        done = run_folder.start(out, args, module, resume)
-        with open(out / run_folder.PREDICTIONS, "a", encoding="utf-8") as handle:
+        done = shard.share(lambda: run_folder.start(out, args, module, resume))
+        quiet = argparse.Namespace(**{**vars(args), "progress_bar": args.progress_bar and rank == 0})
+        with open(out / run_folder.PREDICTIONS, "a", encoding="utf-8") if rank == 0 else nullcontext() as handle:
             try:
-                records = evaluate(model, tokenizer, samples, modes, module.score, args, done, handle)
+                records = evaluate(model, tokenizer, shard.mine(samples), modes, module.score, quiet, done, handle)
+                records = shard.merge(records, samples, modes, done, handle)
             except KeyboardInterrupt:
                 print(f"finished predictions are in {out / run_folder.PREDICTIONS}; rerun the same command to "
                       "resume", file=sys.stderr)
                 raise
+        if rank != 0:
+            shard.finish()
+            return []
         from vist2.cli import chunking_args
         from vist2.options import chunk_options
 
@@ -70,6 +82,7 @@ def run(args, module) -> list[Row]:
         held.close()
     print(table(rows))
     print(f"wrote {', '.join(run_folder.OUTPUTS)} to {args.out}")
+    shard.finish()
     return rows
 
 
