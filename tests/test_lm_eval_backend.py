@@ -48,6 +48,13 @@ def test_text_loglikelihood_is_the_plain_llms(text_lm):
         assert greedy == bool((logprobs.argmax(-1) == target).all())
 
 
+def test_a_checkpoint_folder_scores_as_the_preset_it_was_saved_from(text_lm, tmp_path):
+    text_lm.model.save_pretrained(tmp_path / "model", text_lm.tokenizer)
+    from_folder = Vist2LM(path=str(tmp_path / "model"), mode="text")
+    assert from_folder.loglikelihood(requests(*PAIRS)) == text_lm.loglikelihood(requests(*PAIRS))
+    assert text_lm.loglikelihood(requests(("Some context", ""))) == [(0.0, True)]  # nothing to predict
+
+
 def test_gcc_loglikelihood_is_the_teacher_forced_forward_and_batching_changes_nothing():
     from vist2.render import Renderer
     from vist2.verify import teacher_example, teacher_logits

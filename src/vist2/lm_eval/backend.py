@@ -28,6 +28,7 @@ from vist2.errors import Vist2Error
 from vist2.generate import MODES, GenerationConfig, load_model
 from vist2.options import chunk_options
 from vist2.prompt import chat_parts
+from vist2.render import Renderer
 
 SAMPLING_KEYS = {"temperature", "top_p", "top_k", "repetition_penalty", "seed"}
 
@@ -57,7 +58,8 @@ class Vist2LM(TemplateLM):
             device = "cpu"
         self.model, self.tokenizer = load_model(None if path is None else str(path), preset, seed, device, dtype)
         self.mode, self.chat_template, self.batch_size = mode, chat_template, int(batch_size)
-        self.options = chunk_options(self.model, chunk_tokens=chunk_tokens)
+        self.renderer = Renderer(self.model.config.render)
+        self.options = chunk_options(self.model, self.renderer, chunk_tokens=chunk_tokens)
         self.max_length = max_length or self.model.llm.config.max_position_embeddings
         self.max_gen_toks = max_gen_toks
         user, assistant, _ = chat_parts(self.tokenizer) if chat_template else ([], [], [])
@@ -74,7 +76,7 @@ class Vist2LM(TemplateLM):
         return self.tokenizer.encode(string, add_special_tokens=bool(add_special_tokens))
 
     def _engine(self) -> Engine:
-        return Engine(self.model, self.tokenizer, options=self.options)
+        return Engine(self.model, self.tokenizer, self.renderer, self.options)
 
     def _config(self, new_tokens: int, **sampling) -> GenerationConfig:
         return GenerationConfig(mode=self.mode, max_new_tokens=new_tokens, chat_template=self.chat_template, **sampling)
@@ -88,8 +90,12 @@ class Vist2LM(TemplateLM):
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, cache: bool = True) -> list[tuple[float, bool]]:
         """(sum of log-probabilities, greedy) of each continuation after its context, batch by batch."""
-        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
+        for i, (_, _, continuation) in enumerate(requests):
+            if not continuation:  # nothing to predict
+                results[i] = (0.0, True)
+        order = sorted((i for i in range(len(requests)) if results[i] is None),
+                       key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
         vocabulary = len(self.tokenizer)
         with tqdm(total=len(requests), desc="vist2 loglikelihood", disable=disable_tqdm or self.rank != 0) as bar:
             for start in range(0, len(order), self.batch_size):
