@@ -80,7 +80,7 @@ def test_our_constants_are_lm_evals_gsm8k_settings():
     metric = task["metric_list"][0]
     assert tuple(metric["regexes_to_ignore"]) == gsm8k.IGNORED
     assert (metric["metric"], metric["ignore_case"], metric["ignore_punctuation"]) == ("exact_match", True, False)
-    assert tuple(task["generation_kwargs"]["until"]) == gsm8k.UNTIL
+    assert tuple(task["generation_kwargs"]["until"]) == gsm8k.UNTIL and task["num_fewshot"] == gsm8k.SHOTS
 
 
 @pytest.mark.parametrize("response, n, strict, flexible", TRICKY)
@@ -117,7 +117,7 @@ def test_few_shot_prompt_is_lm_evals(tmp_path):
     task.set_fewshot_seed(1234)  # simple_evaluate's default fewshot_random_seed
     task.build_all_requests(limit=None, rank=0, world_size=1)
     theirs = [instance.args[0] for instance in sorted(task.instances, key=lambda i: i.doc_id)]
-    args = argparse.Namespace(data=str(test), samples=4, prompt="lm-eval", fewshot_data=str(train), num_fewshot=5)
+    args = argparse.Namespace(data=str(test), samples=4, prompt="lm-eval", fewshot_data=str(train), num_fewshot=None)
     ours = gsm8k.load_samples(args, None)
     assert [s.query for s in ours] == theirs
     assert ours[0].extra == {"chat_template": False, "stop_strings": gsm8k.UNTIL}
@@ -151,6 +151,9 @@ def test_gsm8k_end_to_end_and_bad_lines(tmp_path, one_thread, capsys):
     assert main(["eval", "gsm8k", "--preset", "tiny", "--data", str(data), "--prompt", "lm-eval",
                  "--out", str(tmp_path / "o3")]) == 2
     assert "--fewshot-data" in capsys.readouterr().err
+    assert main(["eval", "gsm8k", "--preset", "tiny", "--data", str(data), "--num-fewshot", "3",
+                 "--out", str(tmp_path / "o4")]) == 2
+    assert "are for --prompt lm-eval" in capsys.readouterr().err
 
 
 def test_few_shot_run_generates_as_lm_eval_prompts(tmp_path, one_thread, monkeypatch):

@@ -31,6 +31,7 @@ ZERO_SHOT = ("Solve the following math problem step by step. End your response w
 FEW_SHOT_TURN = "Question: {question}\nAnswer:"  # lm-eval's doc_to_text; " " + answer after it in examples
 FEW_SHOT_DELIMITER = "\n\n"
 FEW_SHOT_SEED = 1234  # lm-eval's default fewshot_random_seed
+SHOTS = 5  # gsm8k.yaml's num_fewshot
 UNTIL = ("Question:", "</s>", "<|im_end|>")  # gsm8k.yaml's generation_kwargs.until
 MAX_NEW_TOKENS = 256  # lm-eval's default max_gen_toks
 MAX_FILE_BYTES = 100 * 2**20
@@ -47,7 +48,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--prompt", choices=PROMPTS, default="zeroshot",
                         help="zeroshot (chat template, ends with `#### N`; default) or lm-eval (its few-shot format)")
     parser.add_argument("--fewshot-data", help="with --prompt lm-eval: the JSONL the examples come from (GSM8K's train split)")
-    parser.add_argument("--num-fewshot", type=int, default=5, help="examples per question with --prompt lm-eval (default 5)")
+    parser.add_argument("--num-fewshot", type=int, help=f"examples per question with --prompt lm-eval (default {SHOTS})")
 
 
 def check_arguments(args) -> None:
@@ -59,10 +60,13 @@ def check_arguments(args) -> None:
             raise Vist2Error(f"{flag} {path} is not a regular file")
         if path.stat().st_size > MAX_FILE_BYTES:
             raise Vist2Error(f"{flag} {path} is larger than {MAX_FILE_BYTES // 2**20} MiB")
-    prompt = getattr(args, "prompt", "zeroshot")
-    if prompt == "lm-eval" and args.fewshot_data is None:
+    if getattr(args, "prompt", "zeroshot") != "lm-eval":
+        if getattr(args, "fewshot_data", None) is not None or getattr(args, "num_fewshot", None) is not None:
+            raise Vist2Error("--fewshot-data and --num-fewshot are for --prompt lm-eval")
+        return
+    if args.fewshot_data is None:
         raise Vist2Error("--prompt lm-eval needs --fewshot-data FILE (GSM8K's train split as JSONL)")
-    if prompt == "lm-eval" and args.num_fewshot < 0:
+    if args.num_fewshot is not None and args.num_fewshot < 0:
         raise Vist2Error(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
 
 
@@ -100,7 +104,8 @@ def load_samples(args, tokenizer) -> list[EvalSample]:
     problems = read_problems(Path(args.data), "--data", args.samples)
     if getattr(args, "prompt", "zeroshot") == "lm-eval":
         examples = read_problems(Path(args.fewshot_data), "--fewshot-data")
-        queries = few_shot_prompts([p["question"] for p in problems], examples, args.num_fewshot)
+        shots = SHOTS if args.num_fewshot is None else args.num_fewshot
+        queries = few_shot_prompts([p["question"] for p in problems], examples, shots)
         extra = {"chat_template": False, "stop_strings": UNTIL}
     else:
         queries = [ZERO_SHOT.format(question=p["question"].strip()) for p in problems]
