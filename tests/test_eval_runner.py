@@ -243,7 +243,8 @@ def test_a_second_eval_is_refused_before_it_reads_or_writes_the_folder(tmp_path,
     (lambda r: r["scores"].update(score="high"), "field 'scores' must hold 'score' and only finite numbers"),
     (lambda r: r.update(length="long"), "field 'length' must be an integer or null"),
     (lambda r: r["stats"].pop("kv_tokens_peak"), "field 'stats' must hold finite numbers"),
-    (lambda r: r["scores"].update(extra=1.0), r"scores \['extra', 'score'\] differ from line 1's \['score'\]"),
+    (lambda r: r["scores"].update(extra=1.0),
+     r"scores \['extra', 'flexible', 'score'\] differ from line 1's \['flexible', 'score'\]"),
 ])
 def test_a_damaged_record_to_resume_is_refused_before_loading(tmp_path, one_thread, capsys, monkeypatch, change,
                                                                 message):

@@ -13,17 +13,19 @@ to predictions.jsonl as it finishes, so an interrupted run resumes when rerun in
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import platform
 import sys
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
 from vist2.errors import Vist2Error
-from vist2.eval import run_folder
+from vist2.eval import run_folder, shard
 from vist2.eval.sample import EvalSample, Row
 from vist2.folder_lock import hold
 
@@ -34,10 +36,13 @@ def run(args, module) -> list[Row]:
     """Check every flag, lock --out and check what it holds, load the model, evaluate, write the
     outputs and print the table."""
     modes = check_arguments(args, module)
+    if shard.launched() and hasattr(module, "run"):
+        raise Vist2Error(f"{module.NAME} runs in one process: launch it without torchrun or accelerate")
+    rank, _ = shard.processes()  # several processes: rank 0 owns --out (vist2.eval.shard)
     out = Path(args.out)
-    held, earlier = claim(out, args, module)
+    held, earlier = claim(out, args, module) if rank == 0 else (None, None)
     try:
-        return _run(args, module, modes, out, earlier)
+        return _run(args, module, modes, out, earlier, rank)
     finally:
         if held is not None:
             held.close()
@@ -60,14 +65,14 @@ def claim(out: Path, args, module):
         raise
 
 
-def _run(args, module, modes: list[str], out: Path, earlier: dict | None) -> list[Row]:
+def _run(args, module, modes: list[str], out: Path, earlier: dict | None, rank: int) -> list[Row]:
     import torch
 
     from vist2.generate import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
+    model, tokenizer = load_model(args.model, args.preset, args.seed, shard.device(args.device), args.dtype)
     start = time.perf_counter()
     if hasattr(module, "run"):  # no per-sample records to resume from: all files at the end
         rows, records = module.run(args, model, tokenizer)
@@ -75,19 +80,25 @@ def _run(args, module, modes: list[str], out: Path, earlier: dict | None) -> lis
         with open(out / run_folder.PREDICTIONS, "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     else:
-        samples = module.load_samples(args, tokenizer)
+        samples = shard.share(lambda: module.load_samples(args, tokenizer))
         if not samples:
             raise Vist2Error(f"{module.NAME}: no samples to evaluate")
         check_unique(module.NAME, samples)
-        done = run_folder.start(out, args, module, earlier)
-        run_folder.write_prompts(out, samples)
-        with open(out / run_folder.PREDICTIONS, "a", encoding="utf-8") as handle:
+        done = shard.share(lambda: run_folder.start(out, args, module, earlier))
+        if rank == 0:
+            run_folder.write_prompts(out, samples)
+        quiet = argparse.Namespace(**{**vars(args), "progress_bar": args.progress_bar and rank == 0})
+        with open(out / run_folder.PREDICTIONS, "a", encoding="utf-8") if rank == 0 else nullcontext() as handle:
             try:
-                records = evaluate(model, tokenizer, samples, modes, module.score, args, done, handle)
+                records = evaluate(model, tokenizer, shard.mine(samples), modes, module.score, quiet, done, handle)
+                records = shard.merge(records, samples, modes, done, handle)
             except KeyboardInterrupt:
                 print(f"finished predictions are in {out / run_folder.PREDICTIONS}; rerun the same command to "
                       "resume", file=sys.stderr)
                 raise
+        if rank != 0:
+            shard.finish()
+            return []
         from vist2.flags import chunking_args
         from vist2.options import chunk_options
 
@@ -97,6 +108,7 @@ def _run(args, module, modes: list[str], out: Path, earlier: dict | None) -> lis
     write_outputs(out, args, module, rows, time.perf_counter() - start)
     print(table(rows))
     print(f"wrote {', '.join(name for name in run_folder.OUTPUTS if (out / name).exists())} to {args.out}")
+    shard.finish()
     return rows
 
 
@@ -147,14 +159,20 @@ def sample_config(args, mode: str, sample: EvalSample):
     """The GenerationConfig a sample is generated with in `mode` (batches share one: `batches`)."""
     from vist2.flags import generation_config
 
-    return replace(generation_config(args, mode, args.max_new_tokens or sample.max_new_tokens),
-                   chat_template=chat_template(sample))
+    config = generation_config(args, mode, args.max_new_tokens or sample.max_new_tokens)
+    return replace(config, chat_template=chat_template(sample), stop_strings=config.stop_strings + stop_strings(sample))
+
+
+def stop_strings(sample: EvalSample) -> tuple[str, ...]:
+    """The sample's own stop strings (lm-eval's `until` for GSM8K's few-shot prompt), added to --stop."""
+    return tuple(sample.extra.get("stop_strings", ()))
 
 
 def batches(samples: list[EvalSample], size: int, tokenizer) -> list[list[EvalSample]]:
-    """Batches of similar prompt length, equal max_new_tokens and chat template (one GenerationConfig each)."""
+    """Batches of similar prompt length, equal max_new_tokens, chat template and stop strings
+    (one GenerationConfig each)."""
     lengths = {id(s): len(tokenizer.encode(s.query, add_special_tokens=False)) for s in samples}
-    same = lambda s: (s.max_new_tokens, chat_template(s))  # noqa: E731
+    same = lambda s: (s.max_new_tokens, chat_template(s), stop_strings(s))  # noqa: E731
     ordered = sorted(samples, key=lambda s: (*same(s), lengths[id(s)]))
     groups = []
     for sample in ordered:
