@@ -86,3 +86,8 @@ def test_an_unusable_grammar_is_refused_when_added(tiny):
     with pytest.raises(Vist2Error, match="grammar cannot be used"):
         engine.add("hi", GenerationConfig(mode="text", grammar=bad))
     assert not engine.waiting
+
+
+def test_a_grammar_with_the_ngram_ban_is_refused():
+    with pytest.raises(Vist2Error, match="no_repeat_ngram_size"):
+        GenerationConfig(grammar=json_schema_grammar({"type": "object"}), no_repeat_ngram_size=2)

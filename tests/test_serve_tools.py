@@ -133,6 +133,7 @@ def test_auto_none_and_a_past_call(client):
     ({"tools": [{"type": "code_interpreter"}]}, "tools[0]"),
     ({"tools": TOOLS, "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
     ({"functions": [{"name": "f"}]}, "functions"),
+    ({"response_format": {"type": "json_object"}, "extra_body": {"no_repeat_ngram_size": 3}}, "no_repeat_ngram_size"),
 ])
 def test_fields_that_cannot_be_honoured_get_400_naming_them(client, fields, param):
     with pytest.raises(openai.BadRequestError) as caught:

@@ -75,6 +75,9 @@ class GenerationConfig:
                 raise Vist2Error(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.grammar is not None and not isinstance(self.grammar, str):
             raise Vist2Error(f"grammar must be a string, got {type(self.grammar).__name__}")
+        if self.grammar is not None and self.no_repeat_ngram_size:
+            raise Vist2Error("a grammar and no_repeat_ngram_size cannot be combined: the ban may forbid every "
+                             "token the grammar allows")
 
 
 def load_model(model_dir: str | None = None, preset_name: str | None = None, seed: int = 0,

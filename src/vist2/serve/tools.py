@@ -86,6 +86,9 @@ def job_for(job, structured: Structured):
     """`job` (protocol.Job) with the grammar, and the rendered prompt taken as it is."""
     from dataclasses import replace
 
+    if structured.grammar is not None and job.config.no_repeat_ngram_size:
+        raise ApiError("no_repeat_ngram_size cannot be combined with response_format or tools (the ban may forbid "
+                       "every token the grammar allows)", "no_repeat_ngram_size")
     config = replace(job.config, grammar=structured.grammar,
                      chat_template=job.config.chat_template and structured.prompt is None)
     return replace(job, config=config)
