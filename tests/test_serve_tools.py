@@ -158,3 +158,13 @@ def test_tools_render_by_the_template_where_it_has_a_tool_format():
     assert plain.startswith("<|im_start|>system\n" + TOOLS_PROMPT.split("{tools}")[0])
     assert '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>' in plain
     assert "<|im_start|>user\n<tool_response>\n12:00\n</tool_response>" in plain
+
+
+def test_raw_completions_take_response_format_but_not_tools(client):
+    done = client.completions.create(model="tiny", prompt="A person as JSON:", max_tokens=200,
+                                     extra_body={"response_format": {"type": "json_schema",
+                                                                     "json_schema": {"name": "p", "schema": PERSON}}})
+    validate(json.loads(done.choices[0].text), PERSON)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="tiny", prompt="hi", max_tokens=5, extra_body={"tools": TOOLS})
+    assert caught.value.body["param"] == "tools"
