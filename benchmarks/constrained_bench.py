@@ -7,6 +7,11 @@ advance the matcher by the chosen token. It also checks that every token of the 
 allowed, that a wrong first token is refused and that EOS is allowed at the end.
 
     PYTHONPATH=src python benchmarks/constrained_bench.py --out benchmarks/constrained.json
+    PYTHONPATH=src python benchmarks/constrained_bench.py --out benchmarks/constrained_engine.json \\
+        --libraries llguidance --engine tiny smollm2-135m
+
+`--engine` also times the engine's decode per token for a free row against one constrained by
+llguidance, alternated in the same process.
 """
 
 from __future__ import annotations
@@ -178,20 +183,51 @@ def measure(library, tokenizer, document: str, repeats: int) -> dict:
             "document_tokens_all_allowed": all_allowed, "eos_allowed_at_end": eos_at_end}
 
 
+def engine_overhead(presets: list[str], tokens: int, repeats: int) -> list[dict]:
+    """Decode seconds per token of one text-mode row, free against constrained by llguidance
+    (an array of `tokens` one-digit integers: the grammar never ends the row early), alternated."""
+    from vist2.constrain import json_schema_grammar
+    from vist2.generate import GenerationConfig, generate, load_model
+
+    grammar = json_schema_grammar({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9},
+                                   "minItems": tokens, "maxItems": tokens})
+    rows = []
+    for preset in presets:
+        model, tokenizer = load_model(preset_name=preset)
+        configs = {"free": GenerationConfig(mode="text", max_new_tokens=tokens, ignore_eos=True),
+                   "constrained": GenerationConfig(mode="text", max_new_tokens=tokens, ignore_eos=True, grammar=grammar)}
+        times = {name: [] for name in configs}
+        generate(model, tokenizer, "warm up", configs["constrained"])
+        for _ in range(repeats):
+            for name, config in configs.items():
+                result = generate(model, tokenizer, "Ten digits, please: ", config)
+                times[name].append(result.stats.decode_s / (result.stats.generated_tokens - 1))
+        free, constrained = (statistics.median(times[n]) for n in configs)
+        rows.append({"preset": preset, "tokens": tokens, "repeats": repeats, "free_ms_per_token": round(1000 * free, 3),
+                     "constrained_ms_per_token": round(1000 * constrained, 3),
+                     "constrained_over_free": round(constrained / free, 3)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--repeats", type=int, default=5, help="compiles of the schema (median reported)")
+    parser.add_argument("--libraries", nargs="+", default=["llguidance", "xgrammar", "outlines-core"])
+    parser.add_argument("--engine", nargs="*", default=[], metavar="PRESET",
+                        help="also time the engine's decode, free against constrained, on these presets")
+    parser.add_argument("--engine-tokens", type=int, default=128)
     args = parser.parse_args()
     torch.set_num_threads(1)
     from importlib.metadata import version
 
     document = json.dumps(DOCUMENT)
     results = {"document": document, "schema": SCHEMA, "python": platform.python_version(),
-               "versions": {name: version(name) for name in ("llguidance", "xgrammar", "outlines-core")},
+               "versions": {name: version(name) for name in args.libraries},
                "runs": []}
     loaded = tokenizers()
-    for library_class in (Llguidance, Xgrammar, OutlinesCore):
+    for library_class in [c for c in (Llguidance, Xgrammar, OutlinesCore) if c.name in args.libraries]:
         import_s = import_seconds(library_class.module)
         for tokenizer_name, tokenizer in loaded.items():
             run = {"library": library_class.name, "tokenizer": tokenizer_name, "vocabulary": len(tokenizer),
@@ -205,6 +241,7 @@ def main() -> None:
                 run["error"] = f"{type(error).__name__}: {error}"
             results["runs"].append(run)
             print(json.dumps(run), flush=True)
+    results["engine"] = engine_overhead(args.engine, args.engine_tokens, 3) if args.engine else []
     with open(args.out, "w") as handle:
         json.dump(results, handle, indent=1)
 
