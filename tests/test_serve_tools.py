@@ -168,3 +168,16 @@ def test_raw_completions_take_response_format_but_not_tools(client):
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(model="tiny", prompt="hi", max_tokens=5, extra_body={"tools": TOOLS})
     assert caught.value.body["param"] == "tools"
+
+
+def test_reply_text_becomes_calls_only_when_every_block_is_complete():
+    from vist2.serve.tools import Structured, reply
+
+    tooled = Structured(grammar=None, prompt=None, calls=True)
+    one = '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>'
+    content, calls = reply(one + "\n" + one, tooled)
+    assert content is None and [c["function"]["arguments"] for c in calls] == ['{"zone": "CET"}'] * 2
+    assert len({c["id"] for c in calls}) == 2
+    cut = one + '\n<tool_call>\n{"name": "get_ti'  # max_tokens ended it: the text is kept as it is
+    assert reply(cut, tooled) == (cut, None)
+    assert reply("plain words", tooled) == ("plain words", None)

@@ -266,15 +266,15 @@ def reply(text: str, structured: Structured | None) -> tuple[str | None, list[di
     """(content, tool_calls) of one choice's final text."""
     if structured is None or not structured.calls or not text.startswith("<"):
         return text, None
+    blocks = CALLS.findall(text)
+    if not blocks or text != "\n".join(OPEN + block + CLOSE for block in blocks):  # cut by max_tokens
+        return text, None
     calls = []
-    for block in CALLS.findall(text):
-        try:
-            call = json.loads(block)
-        except ValueError:  # cut by max_tokens
-            return text, None
+    for block in blocks:
+        call = json.loads(block)  # the grammar wrote it
         calls.append({"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
                       "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}})
-    return (None, calls) if calls else (text, None)
+    return None, calls
 
 
 class StreamGate:
