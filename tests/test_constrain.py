@@ -67,7 +67,8 @@ def test_a_constrained_row_leaves_free_rows_as_they_were(tiny):
     model, tokenizer = tiny
     options = chunk_options(model, chunk_tokens=16)
     jobs = [("Hello there. " * 4, GenerationConfig(mode="gcc", max_new_tokens=40, ignore_eos=True)),
-            ("JSON please. " * 4, GenerationConfig(mode="gcc", max_new_tokens=200, grammar=json_schema_grammar(SCHEMA))),
+            ("JSON please. " * 4,
+             GenerationConfig(mode="gcc", max_new_tokens=200, grammar=json_schema_grammar(SCHEMA))),
             ("Free text. " * 4, GenerationConfig(mode="text", max_new_tokens=40, temperature=1.0, seed=5))]
     engine = Engine(model, tokenizer, options=options)
     requests = [engine.add(prompt, config) for prompt, config in jobs]

@@ -28,7 +28,8 @@ WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLengt
            "required": ["city", "unit"], "additionalProperties": False}
 TIME = {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 8}}, "required": ["zone"],
         "additionalProperties": False}
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": WEATHER}},
+TOOLS = [{"type": "function",
+          "function": {"name": "get_weather", "description": "Weather in a city", "parameters": WEATHER}},
          {"type": "function", "function": {"name": "get_time", "parameters": TIME}}]
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
@@ -71,8 +72,8 @@ def chat(client, **fields):
 @pytest.mark.parametrize("mode", ["text", "pcc", "gcc"])
 def test_json_schema_answer_validates_in_each_mode(client, mode):
     for sampling in ({}, {"temperature": 1.0, "seed": 4}):
-        reply = chat(client, response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
-                     extra_body={"mode": mode}, **sampling)
+        wanted = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
+        reply = chat(client, response_format=wanted, extra_body={"mode": mode}, **sampling)
         choice = reply.choices[0]
         assert choice.finish_reason == "stop"
         validate(json.loads(choice.message.content), PERSON)
@@ -118,7 +119,8 @@ def test_auto_none_and_a_past_call(client):
     none = chat(client, tools=TOOLS, tool_choice="none", max_tokens=20).choices[0]
     assert none.message.tool_calls is None and isinstance(none.message.content, str)
     history = ASK + [{"role": "assistant", "content": None, "tool_calls": [
-        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "c"}'}}]},
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "c"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"}]
     after = chat(client, messages=history, tools=TOOLS, tool_choice="none", max_tokens=10).choices[0]
     assert after.message.tool_calls is None and after.finish_reason in ("stop", "length")

@@ -154,7 +154,8 @@ def _functions(tools) -> dict[str, dict]:
     for index, tool in enumerate(tools):
         param = f"tools[{index}]"
         if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
-            raise ApiError(f"{param} must be {{\"type\": \"function\", \"function\": {{...}}}} (the only tool type)", param)
+            raise ApiError(f"{param} must be {{\"type\": \"function\", \"function\": {{...}}}} "
+                           "(the only tool type)", param)
         function = tool["function"]
         name = function.get("name")
         if not isinstance(name, str) or not NAME.match(name):
@@ -227,7 +228,8 @@ def _turn(message: dict, index: int) -> dict:
         content = "".join(p["text"] for p in content)
     calls = message.get("tool_calls") if role == "assistant" else None
     if not isinstance(content, str) and not (content is None and calls):
-        raise ApiError(f"messages[{index}].content must be a string or a list of text parts", f"messages[{index}].content")
+        raise ApiError(f"messages[{index}].content must be a string or a list of text parts",
+                       f"messages[{index}].content")
     turn = {"role": "system" if role == "developer" else role, "content": content or ""}
     if calls is not None:
         if not isinstance(calls, list):
