@@ -183,3 +183,16 @@ def test_reply_text_becomes_calls_only_when_every_block_is_complete():
     cut = one + '\n<tool_call>\n{"name": "get_ti'  # max_tokens ended it: the text is kept as it is
     assert reply(cut, tooled) == (cut, None)
     assert reply("plain words", tooled) == ("plain words", None)
+
+
+def test_without_llguidance_response_format_gets_400(client, monkeypatch):
+    from vist2 import constrain
+    from vist2.errors import Vist2Error
+
+    def missing():
+        raise Vist2Error("constrained decoding needs llguidance")
+
+    monkeypatch.setattr(constrain, "_llguidance", missing)
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(client, max_tokens=5, response_format={"type": "json_object"})
+    assert caught.value.body["param"] == "response_format" and "llguidance" in caught.value.body["message"]

@@ -25,6 +25,8 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from vist2.constrain import grammar_error, json_schema_grammar, lark_grammar
+from vist2.errors import Vist2Error
 from vist2.serve.protocol import ApiError
 
 OPEN, CLOSE = "<tool_call>\n", "\n</tool_call>"
@@ -64,22 +66,21 @@ def parse(body: dict, tokenizer, stop_ids, chat: bool) -> Structured | None:
                 raise ApiError(f"{name} is only allowed when tools are given", name)
         if schema is None:
             return None
-        return Structured(_grammar(json_grammar(schema), "response_format", tokenizer, stop_ids), None, False)
+        return Structured(_grammar(json_schema_grammar, schema, "response_format", tokenizer, stop_ids), None, False)
     functions = _functions(tools)
-    choice = _tool_choice(body.get("tool_choice", "auto"), functions)
-    parallel = body.get("parallel_tool_calls", True)
+    choice = _tool_choice("auto" if body.get("tool_choice") is None else body["tool_choice"], functions)
+    parallel = True if body.get("parallel_tool_calls") is None else body["parallel_tool_calls"]
     if not isinstance(parallel, bool):
         raise ApiError(f"parallel_tool_calls must be true or false, got {parallel!r}", "parallel_tool_calls")
     offered = None if choice == "none" else tools
     prompt = render(body.get("messages"), offered, tokenizer)
     if choice == "none":
-        grammar = None if schema is None else _grammar(json_grammar(schema), "response_format", tokenizer, stop_ids)
+        grammar = None if schema is None else _grammar(json_schema_grammar, schema, "response_format", tokenizer,
+                                                         stop_ids)
         return Structured(grammar, prompt, False)
     called = functions if choice in ("auto", "required") else {choice: functions[choice]}
     lark = calls_lark(called, parallel, text=choice == "auto", schema=schema)
-    from vist2.constrain import lark_grammar
-
-    return Structured(_grammar(lark_grammar(lark), "tools", tokenizer, stop_ids), prompt, True)
+    return Structured(_grammar(lark_grammar, lark, "tools", tokenizer, stop_ids), prompt, True)
 
 
 def job_for(job, structured: Structured):
@@ -92,12 +93,6 @@ def job_for(job, structured: Structured):
     config = replace(job.config, grammar=structured.grammar,
                      chat_template=job.config.chat_template and structured.prompt is None)
     return replace(job, config=config)
-
-
-def json_grammar(schema: dict) -> str:
-    from vist2.constrain import json_schema_grammar
-
-    return json_schema_grammar(schema)
 
 
 def calls_lark(functions: dict[str, dict], parallel: bool, text: bool, schema: dict | None) -> str:
@@ -117,10 +112,13 @@ def calls_lark(functions: dict[str, dict], parallel: bool, text: bool, schema: d
     return "\n".join(lines)
 
 
-def _grammar(grammar: str, field: str, tokenizer, stop_ids) -> str:
-    from vist2.constrain import grammar_error
-
-    error = grammar_error(grammar, tokenizer, stop_ids)
+def _grammar(build, source, field: str, tokenizer, stop_ids) -> str:
+    """`build(source)` (a JSON schema or Lark), checked against the tokenizer: 400 naming `field`."""
+    try:
+        grammar = build(source)
+        error = grammar_error(grammar, tokenizer, stop_ids)
+    except Vist2Error as missing:  # llguidance is not installed
+        raise ApiError(f"{field} cannot be enforced by this server: {missing}", field) from None
     if error:
         raise ApiError(f"{field} cannot be enforced: {error.splitlines()[0]}", field)
     return grammar
