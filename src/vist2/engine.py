@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vist2 import decode
+from vist2 import constrain, decode
 from vist2.chunking import Chunker
+from vist2.constrain import Constraint
 from vist2.errors import Vist2Error
 from vist2.kvstore import KVStore
 from vist2.options import ChunkOptions, chunk_options
@@ -106,6 +107,8 @@ class Engine:
         if config.seed is not None:
             request.generator = torch.Generator(device=self.model.device).manual_seed(config.seed)
         request.chunker = Chunker(self.tokenizer, options.chunk_tokens, fill)
+        if config.grammar is not None:
+            request.constraint = Constraint(config.grammar, self.tokenizer, self._stop_ids)
         return request
 
     def cancel(self, request: Request) -> None:
@@ -142,6 +145,8 @@ class Engine:
                 events.append(complete[-1][1])
                 continue
             event = Event(request, request.accept(token, self.tokenizer))
+            if request.constraint is not None and request.constraint.advance(token):
+                request.finished = True  # the grammar is complete
             events.append(event)
             if request.finished:
                 event.finished = True
@@ -210,7 +215,7 @@ class Engine:
         from vist2.sampling import sample
 
         vocabulary = len(self.tokenizer)  # the embedding matrix may be padded beyond it
-        logits = torch.stack([r.logits for r in self.rows])[:, :vocabulary]
+        logits = constrain.mask(torch.stack([r.logits for r in self.rows])[:, :vocabulary], self.rows)
         greedy = logits.argmax(-1).tolist()
         tokens = []
         for index, request in enumerate(self.rows):

@@ -42,6 +42,7 @@ class GenerationConfig:
     ignore_eos: bool = False
     seed: int | None = None
     chat_template: bool = True  # False: the prompt is the query alone (LongBench's trec, lcc, ...)
+    grammar: str | None = None  # the output follows this llguidance grammar (vist2.constrain)
 
     def __post_init__(self) -> None:
         INF = float("inf")  # noqa: N806  (NaN fails every comparison, so -INF < x < INF rejects it too)
@@ -72,6 +73,11 @@ class GenerationConfig:
         for name in ("ignore_eos", "chat_template"):
             if not isinstance(getattr(self, name), bool):
                 raise Vist2Error(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.grammar is not None and not isinstance(self.grammar, str):
+            raise Vist2Error(f"grammar must be a string, got {type(self.grammar).__name__}")
+        if self.grammar is not None and self.no_repeat_ngram_size:
+            raise Vist2Error("a grammar and no_repeat_ngram_size cannot be combined: the ban may forbid every "
+                             "token the grammar allows")
 
 
 def load_model(model_dir: str | None = None, preset_name: str | None = None, seed: int = 0,

@@ -68,6 +68,7 @@ class Request:
     stop_ids: set[int] = field(default_factory=set)
     generator: torch.Generator | None = None
     chunker: object = None  # a chunking.Chunker: where response chunks close (gcc), and their page text
+    constraint: object = None  # a constrain.Constraint when config.grammar is set
     slot: int = -1
     base: int = 0  # next persistent position
     offset: int = 0  # transient chunk tokens in the cache, on top of `base`

@@ -16,6 +16,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 from starlette.exceptions import HTTPException
 
 from vist2.errors import Vist2Error
+from vist2.request import stop_ids
+from vist2.serve import tools
 from vist2.serve.metrics import Metrics
 from vist2.serve.protocol import (MAX_BODY_BYTES, ApiError, Limits, chat_query, check_model, completion_query, envelope,
                                   finish_reason, parse_body, parse_job, usage)
@@ -80,7 +82,10 @@ def create_app(engine, tokenizer, renderer, name: str, default_mode: str, limits
         try:
             body = parse_body(await read_body(request))
             check_model(body, name)
-            job = parse_job(body, query_of(body), default_mode, limits, count)
+            structured = await asyncio.to_thread(tools.parse, body, tokenizer, stop_ids(tokenizer), chat)
+            query = structured.prompt if structured and structured.prompt else query_of(body)
+            job = parse_job(body, query, default_mode, limits, count)
+            job = tools.job_for(job, structured) if structured else job
             configs = [job.config if job.config.seed is None or i == 0 else
                        _reseeded(job.config, job.config.seed + i) for i in range(job.n)]
             queue: asyncio.Queue = asyncio.Queue()
@@ -95,7 +100,7 @@ def create_app(engine, tokenizer, renderer, name: str, default_mode: str, limits
             return error_response(error, endpoint)
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         metrics.answered(endpoint, 200)
-        reply = Reply(rows, tokenizer, renderer, ident, name, chat, job.return_pages)
+        reply = Reply(rows, tokenizer, renderer, ident, name, chat, job.return_pages, structured)
         if job.stream:
             return StreamingResponse(reply.events(queue, request, worker, job.include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -124,7 +129,7 @@ def _reseeded(config, seed: int):
 class Reply:
     """The answer to one job: its n engine requests, as one JSON body or a stream of SSE chunks."""
 
-    def __init__(self, rows, tokenizer, renderer, ident, model, chat, return_pages):
+    def __init__(self, rows, tokenizer, renderer, ident, model, chat, return_pages, structured=None):
         from vist2.generate import TextStream
 
         self.rows, self.tokenizer, self.renderer = rows, tokenizer, renderer
@@ -132,6 +137,7 @@ class Reply:
         self.index = {row: i for i, row in enumerate(rows)}
         self.texts = [TextStream(tokenizer, row.config.stop_strings) for row in rows]
         self.open = set(rows)
+        self.structured, self.gates = structured, [tools.StreamGate(structured) for _ in rows]
 
     async def _updates(self, queue, request, worker):
         """Updates until every row finished; cancels all rows if the client goes away."""
@@ -166,15 +172,20 @@ class Reply:
         choices = []
         for i, row in enumerate(self.rows):
             text = row.result(self.tokenizer).text
-            choice = ({"index": i, "message": {"role": "assistant", "content": text}} if self.chat
+            content, calls = tools.reply(text, self.structured)
+            message = {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
+            choice = ({"index": i, "message": message} if self.chat
                       else {"index": i, "text": text, "logprobs": None})
-            choices.append({**choice, "finish_reason": finish_reason(row)})
+            choices.append({**choice, "finish_reason": "tool_calls" if calls else finish_reason(row)})
         kind = "chat.completion" if self.chat else "text_completion"
         return envelope(kind, self.ident, self.model, choices, usage=usage(self.rows, self.tokenizer))
 
-    def _chunk(self, index: int, piece: str | None, finish: str | None, extra: dict | None = None) -> str:
+    def _chunk(self, index: int, piece: str | None, finish: str | None, extra: dict | None = None,
+               calls: list | None = None) -> str:
         if self.chat:
             delta = {} if piece is None else {"content": piece}
+            if calls:
+                delta = {"tool_calls": [{"index": k, **call} for k, call in enumerate(calls)]}
             choice = {"index": index, "delta": delta, "finish_reason": finish}
         else:
             choice = {"index": index, "text": piece or "", "finish_reason": finish, "logprobs": None}
@@ -205,18 +216,19 @@ class Reply:
     async def _stream_update(self, update: Update) -> str:
         event, row = update.event, update.event.request
         i = self.index[row]
-        piece = self.texts[i].push(event.tokens)
-        finish = None
+        piece = self.gates[i].push(self.texts[i].push(event.tokens))
+        finish = calls = None
         if event.finished:
-            piece += self.texts[i].rest(row.result(self.tokenizer).text)
-            finish = finish_reason(row)
+            text = row.result(self.tokenizer).text
+            piece, calls = self.gates[i].finish(piece + self.texts[i].rest(text), text, self.structured)
+            finish = "tool_calls" if calls else finish_reason(row)
         extra = {"kv_tokens": update.kv_tokens, "kv_tokens_full_text": update.kv_full_text,
                  "chunks_compressed": row.stats.chunks_compressed}
         if event.pages and self.return_pages:
             extra["pages"] = await asyncio.to_thread(self._pngs, event.pages)
         if not piece and finish is None and not event.pages:
             return ""
-        return self._chunk(i, piece, finish, extra)
+        return self._chunk(i, piece, finish, extra, calls)
 
     def _pngs(self, pages: list[str]) -> list[str]:
         """Each page text drawn again, as a PNG data URI (the page view)."""

@@ -1,0 +1,198 @@
+"""Structured output and tools through `vist2 serve` with the official openai client, on the
+tiny random model: json_schema answers validate (dict schema and a Pydantic model through
+`chat.completions.parse`), json_object parses, tool calls come back as `tool_calls` (plain and
+streamed) with arguments valid for their function, `none` gives text, a past call and its
+result render, and fields the server cannot honour get 400 naming them."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("llguidance")
+uvicorn = pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+pydantic = pytest.importorskip("pydantic")
+
+from test_serve import free_port, wait_healthy  # noqa: E402
+
+PERSON = {"type": "object",
+          "properties": {"name": {"type": "string", "maxLength": 10},
+                         "age": {"type": "integer", "minimum": 0, "maximum": 99},
+                         "pets": {"type": "array", "items": {"enum": ["cat", "dog"]}, "maxItems": 3}},
+          "required": ["name", "age", "pets"], "additionalProperties": False}
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}, "unit": {"enum": ["c", "f"]}},
+           "required": ["city", "unit"], "additionalProperties": False}
+TIME = {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 8}}, "required": ["zone"],
+        "additionalProperties": False}
+TOOLS = [{"type": "function",
+          "function": {"name": "get_weather", "description": "Weather in a city", "parameters": WEATHER}},
+         {"type": "function", "function": {"name": "get_time", "parameters": TIME}}]
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def validate(document, schema) -> None:
+    """jsonschema's verdict when it is installed; else the checks these schemas need."""
+    try:
+        import jsonschema
+    except ImportError:
+        assert isinstance(document, dict) and set(schema["required"]) <= set(document) <= set(schema["properties"])
+        return
+    jsonschema.validate(document, schema)
+
+
+@pytest.fixture(scope="module")
+def client(tiny):
+    from vist2.engine import Engine
+    from vist2.render import Renderer
+    from vist2.serve.app import create_app
+    from vist2.serve.protocol import Limits
+
+    model, tokenizer = tiny
+    app = create_app(Engine(model, tokenizer, max_batch=4), tokenizer, Renderer(model.config.render), "tiny", "gcc",
+                     Limits(2000, 3000, 16), 16)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_healthy(f"http://127.0.0.1:{port}")
+    yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def chat(client, **fields):
+    fields.setdefault("max_tokens", 200)
+    return client.chat.completions.create(model="tiny", messages=fields.pop("messages", ASK), **fields)
+
+
+@pytest.mark.parametrize("mode", ["text", "pcc", "gcc"])
+def test_json_schema_answer_validates_in_each_mode(client, mode):
+    for sampling in ({}, {"temperature": 1.0, "seed": 4}):
+        wanted = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
+        reply = chat(client, response_format=wanted, extra_body={"mode": mode}, **sampling)
+        choice = reply.choices[0]
+        assert choice.finish_reason == "stop"
+        validate(json.loads(choice.message.content), PERSON)
+
+
+def test_pydantic_model_through_parse_and_json_object(client):
+    class Pet(pydantic.BaseModel):
+        kind: str = pydantic.Field(max_length=6)
+        legs: int = pydantic.Field(ge=0, le=8)
+        tame: bool
+
+    parsed = client.chat.completions.parse(model="tiny", messages=ASK, max_tokens=200, response_format=Pet)
+    assert isinstance(parsed.choices[0].message.parsed, Pet)
+    answer = chat(client, response_format={"type": "json_object"}, n=2, temperature=1.0, seed=1)
+    assert [isinstance(json.loads(c.message.content), dict) for c in answer.choices] == [True, True]
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_tool_call_plain_and_streamed(client, tool_choice):
+    reply = chat(client, tools=TOOLS, tool_choice=tool_choice, parallel_tool_calls=False)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_")
+    if isinstance(tool_choice, dict):
+        assert call.function.name == "get_weather"
+    validate(json.loads(call.function.arguments), {"get_weather": WEATHER, "get_time": TIME}[call.function.name])
+    chunks = list(chat(client, tools=TOOLS, tool_choice=tool_choice, parallel_tool_calls=False, stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join(d.content or "" for d in deltas) == ""  # the call is not streamed as text
+    [streamed] = [t for d in deltas for t in d.tool_calls or []]
+    assert (streamed.index, streamed.function.name, streamed.function.arguments) == \
+        (0, call.function.name, call.function.arguments)  # greedy: the same call
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+def test_auto_none_and_a_past_call(client):
+    auto = chat(client, tools=TOOLS, tool_choice="auto", max_tokens=60).choices[0]
+    if auto.message.tool_calls:  # the model chose at its first token; either answer is well formed
+        assert auto.finish_reason == "tool_calls" and auto.message.content is None
+    else:
+        assert not auto.message.content.startswith("<")
+    none = chat(client, tools=TOOLS, tool_choice="none", max_tokens=20).choices[0]
+    assert none.message.tool_calls is None and isinstance(none.message.content, str)
+    history = ASK + [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "c"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"}]
+    after = chat(client, messages=history, tools=TOOLS, tool_choice="none", max_tokens=10).choices[0]
+    assert after.message.tool_calls is None and after.finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}},
+     "response_format"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+    ({"tools": [{"type": "code_interpreter"}]}, "tools[0]"),
+    ({"tools": TOOLS, "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"response_format": {"type": "json_object"}, "extra_body": {"no_repeat_ngram_size": 3}}, "no_repeat_ngram_size"),
+])
+def test_fields_that_cannot_be_honoured_get_400_naming_them(client, fields, param):
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(client, max_tokens=5, **fields)
+    assert caught.value.status_code == 400 and caught.value.body["param"] == param
+
+
+def test_tools_render_by_the_template_where_it_has_a_tool_format():
+    from vist2.serve.tools import TOOLS_PROMPT, render
+    from vist2.tokenizer import byte_tokenizer, qwen3_tokenizer
+
+    past = {"id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": '{"zone": "CET"}'}}
+    history = ASK + [{"role": "assistant", "content": None, "tool_calls": [past]},
+                     {"role": "tool", "tool_call_id": "call_1", "content": "12:00"}]
+    qwen = qwen3_tokenizer()  # its template renders tools= (Hermes-style blocks)
+    as_template = [ASK[0], {"role": "assistant", "content": "", "tool_calls": [
+        {**past, "function": {"name": "get_time", "arguments": {"zone": "CET"}}}]},
+        {"role": "tool", "content": "12:00", "tool_call_id": "call_1"}]
+    assert render(history, TOOLS, qwen) == qwen.apply_chat_template(as_template, tools=TOOLS, tokenize=False,
+                                                                      add_generation_prompt=True)
+    plain = render(history, TOOLS, byte_tokenizer())  # ChatML without tools: our system turn
+    assert plain.startswith("<|im_start|>system\n" + TOOLS_PROMPT.split("{tools}")[0])
+    assert '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>' in plain
+    assert "<|im_start|>user\n<tool_response>\n12:00\n</tool_response>" in plain
+
+
+def test_raw_completions_take_response_format_but_not_tools(client):
+    done = client.completions.create(model="tiny", prompt="A person as JSON:", max_tokens=200,
+                                     extra_body={"response_format": {"type": "json_schema",
+                                                                     "json_schema": {"name": "p", "schema": PERSON}}})
+    validate(json.loads(done.choices[0].text), PERSON)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="tiny", prompt="hi", max_tokens=5, extra_body={"tools": TOOLS})
+    assert caught.value.body["param"] == "tools"
+
+
+def test_reply_text_becomes_calls_only_when_every_block_is_complete():
+    from vist2.serve.tools import Structured, reply
+
+    tooled = Structured(grammar=None, prompt=None, calls=True)
+    one = '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>'
+    content, calls = reply(one + "\n" + one, tooled)
+    assert content is None and [c["function"]["arguments"] for c in calls] == ['{"zone": "CET"}'] * 2
+    assert len({c["id"] for c in calls}) == 2
+    cut = one + '\n<tool_call>\n{"name": "get_ti'  # max_tokens ended it: the text is kept as it is
+    assert reply(cut, tooled) == (cut, None)
+    assert reply("plain words", tooled) == ("plain words", None)
+
+
+def test_without_llguidance_response_format_gets_400(client, monkeypatch):
+    from vist2 import constrain
+    from vist2.errors import Vist2Error
+
+    def missing():
+        raise Vist2Error("constrained decoding needs llguidance")
+
+    monkeypatch.setattr(constrain, "_llguidance", missing)
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(client, max_tokens=5, response_format={"type": "json_object"})
+    assert caught.value.body["param"] == "response_format" and "llguidance" in caught.value.body["message"]
