@@ -13,7 +13,7 @@ PYTHON ?= python3
 VENV_FLAGS ?=
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := test,serve
+EXTRAS := test,serve,lm-eval
 PIP := pip==25.3
 PIP_TOOLS := pip-tools==7.5.2
 LOCK := requirements/lock.txt
@@ -40,7 +40,7 @@ test: setup
 lock:
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install -q $(PIP) $(PIP_TOOLS)
-	.venv-lock/bin/pip-compile -q $(LOCK_ARGS) --custom-compile-command "make lock" --extra=$(subst $(comma),$(space)--extra=,$(EXTRAS)) \
+	CUSTOM_COMPILE_COMMAND="make lock" .venv-lock/bin/pip-compile -q $(LOCK_ARGS) --extra=$(subst $(comma),$(space)--extra=,$(EXTRAS)) \
 		--strip-extras --no-emit-find-links --no-emit-index-url --unsafe-package torch \
 		--constraint requirements/torch.txt --output-file $(LOCK) pyproject.toml
 
