@@ -14,11 +14,12 @@ import threading
 import time
 
 import pytest
+from conftest import require_extra
 
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
-openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
+require_extra("fastapi")
+uvicorn = require_extra("uvicorn")
+openai = require_extra("openai")
+httpx = require_extra("httpx")
 
 
 def free_port() -> int:
