@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from vist2.decode import cache_keyword
+
 COMPONENTS = ("llm", "vision", "aligner")
 
 
@@ -165,8 +167,8 @@ def count_llm_step(model, queries: int, cache: int, logits: int) -> int:
     positions = torch.arange(cache, cache + queries, device=device)[None]
     mask = torch.ones(1, 1, queries, cache + queries, dtype=torch.bool, device=device)
     with torch.no_grad(), flop_counter() as counter:
-        llm(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, past_key_values=past,
-            use_cache=True, logits_to_keep=logits)
+        llm(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=True,
+            logits_to_keep=logits, **{cache_keyword(llm): past})
     return counter.get_total_flops()
 
 
