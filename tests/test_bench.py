@@ -1,5 +1,9 @@
 """`vist2 bench`: FLOP counts against a hand calculation, the analytic bounds against real
-generations of the tiny model, the meta-device method against both, and the CLI end to end."""
+generations of the tiny model, the meta-device method against both, and the CLI end to end.
+
+The vision tower is transformers' module, so its FLOPs are never pinned exactly: bounds take
+them from counting the tower (`count_page`), and the hand form below is documentation,
+checked within HAND_FORM_TOLERANCE."""
 
 import json
 
@@ -7,7 +11,8 @@ import pytest
 import torch
 
 from vist2.bench import bounds
-from vist2.bench.flops import ComponentFlops, count_page, meta_model, shapes
+from vist2.bench import flops as flop_counts
+from vist2.bench.flops import ComponentFlops, LLMShape, count_page, meta_model, page_flops
 from vist2.bench.scenarios import Case, cases, prompt_text
 from vist2.cli import main
 from vist2.errors import Vist2Error
@@ -17,6 +22,20 @@ from vist2.options import chunk_options
 from vist2.model import Vist2Model
 from vist2.presets import preset, tiny
 from vist2.tokenizer import load_tokenizer
+
+
+# What transformers adds around the patch embedding and the layers: 5.25 resizes the position
+# table with a counted matmul of 2 * N * P * d FLOPs (N patches, P table positions): +2.9% on the
+# tiny tower, +3.5% on two ViT-L/16 layers, +0.3% on all 24; 5.23 interpolates it, uncounted.
+# 5% admits such details and still catches a slip in the form (the tiny tower's attention
+# scores alone are 5.9% of it, its patch embedding 47%).
+HAND_FORM_TOLERANCE = 0.05
+
+
+def vit_by_hand(patches: int, pixels: int, d: int, mlp: int, layers: int) -> int:
+    """A ViT's FLOPs per page: patch embedding, then per layer q, k, v, o and the MLP on every
+    patch, scores and weighted values over all patches. Documentation of where they go."""
+    return 2 * patches * pixels * d + layers * (2 * patches * (4 * d * d + 2 * d * mlp) + 4 * patches**2 * d)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,16 +72,25 @@ def test_llm_flops_match_a_hand_calculation(model):
     assert flops.counts == {"llm": expected, "vision": 0, "aligner": 0, "other": 0, "total": expected}
 
 
-def test_page_flops_match_a_hand_calculation(model):
+def test_page_flops_are_the_towers_count(model, monkeypatch):
     # tiny page 128 x 32, patch 16 -> N = 16 patches of 16*16 grey pixels; ViT d = 32, MLP 64, 1 layer.
     N, pixels, d, mlp = 16, 256, 32, 64
-    encoder = 2 * N * pixels * d + 2 * N * (4 * d * d + 2 * d * mlp) + 4 * N * N * d
-    aligner = 2 * N * d * 64  # tanh(Linear(32 -> 64)) per visual token
+    aligner = 2 * N * d * 64  # our tanh(Linear(32 -> 64)) per visual token
+    page = count_page(model)
     with ComponentFlops(model) as flops:
         model.encode_pages(torch.rand(3, 1, 32, 128))
-    assert flops.counts["vision"] == 3 * encoder == 3 * 557056
-    assert flops.counts["aligner"] == 3 * aligner
-    assert count_page(model) == {"vision": encoder, "aligner": aligner}
+    assert flops.counts["vision"] == 3 * page["vision"]  # a batch of pages costs what count_page counts per page
+    assert flops.counts["aligner"] == 3 * page["aligner"] == 3 * aligner
+    by_hand = vit_by_hand(N, pixels, d, mlp, layers=1)
+    assert by_hand == 557056 and abs(page["vision"] - by_hand) <= HAND_FORM_TOLERANCE * by_hand
+    # counted once per config, on the meta device, equal to the count on the real model
+    monkeypatch.setattr(flop_counts, "_PAGE_FLOPS", {})
+    devices = []
+    monkeypatch.setattr(flop_counts, "count_page", lambda m: devices.append(m.device.type) or count_page(m))
+    assert page_flops(model.config) == page_flops(model.config) == page
+    assert devices == ["meta"]
+    wider = page_flops(model.config.replace(**{"render.width": 256}))  # another config, its own count
+    assert devices == ["meta", "meta"] and wider["aligner"] == 2 * aligner and wider["vision"] > 2 * page["vision"]
 
 
 @pytest.mark.parametrize("mode, sees_text", [("text", True), ("pcc", True), ("gcc", True), ("gcc", False)])
@@ -74,8 +102,8 @@ def test_bounds_equal_measured_generation(model, tokenizer, mode, sees_text):
         result = generate(model, tokenizer, prompt_text(tokenizer, query),
                           GenerationConfig(mode=mode, max_new_tokens=response, ignore_eos=True), options=options)
     steps = bounds.forward_steps(mode, bounds.PromptShape.of(tokenizer, query), response, 32, 16, sees_text)
-    llm, vision = shapes(model)
-    dense = bounds.dense_flops(steps, llm, vision)
+    llm = LLMShape.from_hf(model.llm.config)
+    dense = bounds.dense_flops(steps, llm, page_flops(model.config))
     assert result.stats.generated_tokens == response
     assert result.stats.kv_tokens_peak == bounds.kv_peak(steps)
     assert result.stats.kv_tokens_final == bounds.kv_final(steps)
@@ -83,7 +111,7 @@ def test_bounds_equal_measured_generation(model, tokenizer, mode, sees_text):
     assert result.stats.kv_bytes_peak == held * llm.kv_bytes_per_token(4)
     assert {k: flops.counts[k] for k in dense} == dense
     assert bounds.meta_flops(steps, meta_model(model.config)) == dense  # per-run meta count = measured
-    layout = bounds.layout_flops(steps, llm, vision)
+    layout = bounds.layout_flops(steps, llm, page_flops(model.config))
     assert layout["vision"] == dense["vision"] and 0.8 * dense["llm"] < layout["llm"] < dense["llm"]
     assert result.stats.chunks_compressed == (2 if mode == "gcc" else 0)
 
@@ -104,11 +132,14 @@ def test_meta_runs_equal_closed_form_at_paper_size(tokenizer):
     config = config.replace(**{"llm.params": {**config.llm.params, "num_hidden_layers": 2},
                                "vision.params": {**config.vision.params, "num_hidden_layers": 2}})
     model = meta_model(config)
-    llm, vision = shapes(model)
-    assert vision.tokens == config.visual_tokens == 256 and vision.patches == 1024
+    assert config.visual_tokens == 256
     steps = bounds.forward_steps("gcc", bounds.PromptShape(3, 2100, 5), 1030, 1024, 256)
     assert bounds.pages(steps) == 3  # two query pages (tail of 52 <= 256 stays text) + one response chunk
-    assert bounds.meta_flops(steps, model) == bounds.dense_flops(steps, llm, vision)
+    page = count_page(model)
+    assert bounds.meta_flops(steps, model) == bounds.dense_flops(steps, LLMShape.from_hf(model.llm.config), page)
+    # 512 x 512 page -> 1024 patches of 16*16*3 pixels; ViT-L/16 d = 1024, MLP 4096; 2 layers here
+    by_hand = vit_by_hand(1024, 768, 1024, 4096, layers=2)
+    assert abs(page["vision"] - by_hand) <= HAND_FORM_TOLERANCE * by_hand
 
 
 def test_grid_and_prompts(tokenizer):

@@ -3,13 +3,14 @@
 import json
 
 import pytest
+from conftest import require_extra
 
 from vist2.cli import main
 from vist2.errors import Vist2Error
 from vist2.eval import ruler
 from vist2.eval.sample import EvalSample
 
-pytest.importorskip("long_context_eval")
+require_extra("long_context_eval")
 
 
 def _sample(kind, references):

@@ -46,6 +46,7 @@ def max_difference(a: Path, b: Path) -> float:
     return max(float((first[k] - second[k]).abs().max()) for k in first)
 
 
+@pytest.mark.slow  # two fresh processes under torchrun: 43 s on a shared 2-core machine at load 10
 def test_fsdp_two_processes_equal_an_unsharded_run_and_only_rank_0_reports(tmp_path):
     data = corpus(tmp_path / "corpus")
     steps = ["--max-steps", "2", "--save-every", "1"]

@@ -14,11 +14,12 @@ import threading
 import time
 
 import pytest
+from conftest import require_extra
 
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
-openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
+require_extra("fastapi")
+uvicorn = require_extra("uvicorn")
+openai = require_extra("openai")
+httpx = require_extra("httpx")
 
 
 def free_port() -> int:
@@ -208,6 +209,7 @@ def test_full_queue_answers_429_and_metrics(server):
     assert values["vist2_queue_depth"] == 0
 
 
+@pytest.mark.slow  # starts `vist2 serve` in a fresh process: 27 s on a shared 2-core machine at load 10
 def test_cli_serves_and_stops_cleanly_on_sigterm(tmp_path, capsys):
     from vist2.cli import main
 

@@ -9,9 +9,11 @@ import shutil
 import threading
 
 import pytest
+from conftest import require_extra
 
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+require_extra("fastapi")
+uvicorn = require_extra("uvicorn")
+# not a project extra (make setup leaves the browser test out): a skip with its reason
 webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium")
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -166,6 +166,7 @@ open(f"{sys.argv[2]}/hash-{rank}.txt", "w").write(digest.hexdigest())
 """
 
 
+@pytest.mark.slow  # two fresh processes under accelerate launch: 36 s on a shared 2-core machine at load 10
 def test_two_process_accelerate_launch_ends_with_identical_parameters(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)

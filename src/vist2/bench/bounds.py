@@ -16,12 +16,16 @@ beta tokens per finished chunk, then evicts the chunk's K text entries). From th
   cache grows by their own size each time costs n times the forward at the mean cache
   length (two forwards when that mean falls between two integers). A 16K-token decode
   then needs a few dozen counted forwards instead of 16K.
+
+`dense_flops` and `layout_flops` take the LLM's closed form, and a page's vision and aligner
+FLOPs as `vist2.bench.flops.count_page` counts them on the model, not a hand form of the
+library's vision tower.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from vist2.bench.flops import LLMShape, VisionShape, count_llm_step, count_page
+from vist2.bench.flops import LLMShape, count_llm_step, count_page
 from vist2.chunking import split_chunks, split_compressed
 from vist2.decode import PAGE_BATCH, PREFILL_TOKENS
 
@@ -132,22 +136,25 @@ def _allowed_pairs(step: Step, bidirectional_visual: bool) -> int:
     return q * (step.cache - step.hidden) + inside
 
 
-def dense_flops(steps: list[Step], llm: LLMShape, vision: VisionShape) -> dict[str, int]:
-    """Closed-form FLOPs as dense kernels compute them (equal to `FlopCounterMode`'s count)."""
-    counts = {"llm": sum(llm.forward(s.queries, s.cache, 1) for s in steps),
-              "vision": pages(steps) * vision.encoder_per_page,
-              "aligner": pages(steps) * vision.aligner_per_page}
+def _page_counts(steps: list[Step], page: dict[str, int]) -> dict[str, int]:
+    return {part: pages(steps) * page[part] for part in ("vision", "aligner")}
+
+
+def dense_flops(steps: list[Step], llm: LLMShape, page: dict[str, int]) -> dict[str, int]:
+    """FLOPs as dense kernels compute them (equal to `FlopCounterMode`'s count): the LLM's closed
+    form, and `page` (`count_page` of the model) per page encoded."""
+    counts = {"llm": sum(llm.forward(s.queries, s.cache, 1) for s in steps), **_page_counts(steps, page)}
     return {**counts, "total": sum(counts.values())}
 
 
-def layout_flops(steps: list[Step], llm: LLMShape, vision: VisionShape,
+def layout_flops(steps: list[Step], llm: LLMShape, page: dict[str, int],
                  bidirectional_visual: bool = False) -> dict[str, int]:
-    """The bound: linear layers on every token, attention only on the pairs the mask allows."""
+    """The bound: linear layers on every token, attention only on the pairs the mask allows;
+    pages cost what `page` (`count_page` of the model) says."""
     per_pair = llm.attention(1, 1)
     linear = sum(s.queries * llm.linear_per_token + llm.head_per_row for s in steps)
     attention = sum(_allowed_pairs(s, bidirectional_visual) for s in steps) * per_pair
-    counts = {"llm": linear + attention, "vision": pages(steps) * vision.encoder_per_page,
-              "aligner": pages(steps) * vision.aligner_per_page}
+    counts = {"llm": linear + attention, **_page_counts(steps, page)}
     return {**counts, "total": sum(counts.values())}
 
 
@@ -178,6 +185,5 @@ def meta_flops(steps: list[Step], model, page: dict[str, int] | None = None) -> 
         else:
             count *= 2
         llm += n * count // 2
-    page = page or count_page(model)
-    counts = {"llm": llm, "vision": pages(steps) * page["vision"], "aligner": pages(steps) * page["aligner"]}
+    counts = {"llm": llm, **_page_counts(steps, page or count_page(model))}
     return {**counts, "total": sum(counts.values())}

@@ -1,9 +1,13 @@
-"""FLOPs: closed-form counts for the model's shapes, and measured counts by component.
+"""FLOPs: the LLM's closed form, counted pages, and measured counts by component.
 
-Closed forms count what torch's `FlopCounterMode` counts: 2*m*n*k per matrix product
+The LLM's closed form counts what torch's `FlopCounterMode` counts: 2*m*n*k per matrix product
 (linear layers, attention scores and the attention-weighted values); norms, activations,
 RoPE, softmax and embedding look-ups are free. Attention is counted dense: SDPA with an
 explicit mask computes every (query, key) score of the block, masked or not.
+
+The vision tower is a library's module (transformers' SigLIP / SigLIP2), so its FLOPs per page
+are not written out here but counted on it (`count_page`, kept per config by `page_flops`):
+when the library changes how it computes a page, bounds and measured counts move together.
 
 Measured counts split one model's FLOPs into the components of `Vist2Model`:
 
@@ -17,11 +21,14 @@ Measured counts split one model's FLOPs into the components of `Vist2Model`:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from vist2.decode import cache_keyword
 
 COMPONENTS = ("llm", "vision", "aligner")
 
@@ -77,50 +84,6 @@ class LLMShape:
 
     def kv_bytes_per_token(self, element_size: int) -> int:
         return self.layers * 2 * self.kv_heads * self.head_dim * element_size
-
-
-@dataclass(frozen=True)
-class VisionShape:
-    """ViT + pixel shuffle + aligner sizes; one page gives `patches` patches, `tokens` tokens."""
-
-    layers: int
-    hidden: int
-    intermediate: int
-    patch_pixels: int  # channels * patch * patch
-    patches: int
-    merge: int
-    llm_hidden: int
-    aligner_kind: str
-    aligner_hidden: int
-
-    @property
-    def tokens(self) -> int:
-        return self.patches // (self.merge * self.merge)
-
-    @property
-    def encoder_per_page(self) -> int:
-        n, d = self.patches, self.hidden
-        embed = 2 * n * self.patch_pixels * d
-        return embed + self.layers * (2 * n * (4 * d * d + 2 * d * self.intermediate) + 4 * n * n * d)
-
-    @property
-    def aligner_per_page(self) -> int:
-        width = self.hidden * self.merge * self.merge
-        if self.aligner_kind == "tanh":
-            return 2 * self.tokens * width * self.llm_hidden
-        return 2 * self.tokens * (width * self.aligner_hidden + self.aligner_hidden * self.llm_hidden)
-
-
-def shapes(model) -> tuple[LLMShape, VisionShape]:
-    """The shapes of a built `Vist2Model` (real or on the meta device)."""
-    config = model.config
-    vision = model.vision.model.config
-    page = config.render
-    patches = (page.width // config.vision.patch_size) * (page.height // config.vision.patch_size)
-    llm = LLMShape.from_hf(model.llm.config)
-    return llm, VisionShape(vision.num_hidden_layers, vision.hidden_size, vision.intermediate_size,
-                            vision.num_channels * config.vision.patch_size ** 2, patches, config.aligner.merge,
-                            llm.hidden, config.aligner.kind, config.aligner.mlp_hidden)
 
 
 class ComponentFlops:
@@ -204,8 +167,8 @@ def count_llm_step(model, queries: int, cache: int, logits: int) -> int:
     positions = torch.arange(cache, cache + queries, device=device)[None]
     mask = torch.ones(1, 1, queries, cache + queries, dtype=torch.bool, device=device)
     with torch.no_grad(), flop_counter() as counter:
-        llm(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, past_key_values=past,
-            use_cache=True, logits_to_keep=logits)
+        llm(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=True,
+            logits_to_keep=logits, **{cache_keyword(llm): past})
     return counter.get_total_flops()
 
 
@@ -229,3 +192,14 @@ def count_page(model) -> dict[str, int]:
     with torch.no_grad(), flop_counter() as counter:
         model.aligner(features)
     return {"vision": vision, "aligner": counter.get_total_flops()}
+
+
+_PAGE_FLOPS: dict[str, dict[str, int]] = {}
+
+
+def page_flops(config) -> dict[str, int]:
+    """`count_page` of a model of `config`, counted once on the meta device and kept for the process."""
+    key = json.dumps(config.to_dict(), sort_keys=True)
+    if key not in _PAGE_FLOPS:
+        _PAGE_FLOPS[key] = count_page(meta_model(config))
+    return dict(_PAGE_FLOPS[key])

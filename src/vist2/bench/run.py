@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from vist2.bench import bounds
-from vist2.bench.flops import ComponentFlops, shapes
+from vist2.bench.flops import ComponentFlops, LLMShape, page_flops
 from vist2.bench.scenarios import Case, prompt_text
 from vist2.options import ChunkOptions, chunk_options
 
@@ -32,9 +32,11 @@ METHOD = (
     "formula), then `repeats` timed generations (medians; device synchronised before each clock read; "
     "ignore_eos so every run generates the full length). KV entries and bytes are the cache's own "
     "counts. Bounds: the forwards that each mode's layout implies (vist2.bench.bounds.forward_steps); "
-    "kv bound = most entries they hold; flops_dense = closed form of what a dense kernel computes "
-    "(must equal the count); generations of more than --count-limit forwards are counted by the "
-    "meta method below on the same config (flops_method says which); flops bound = linear layers on "
+    "kv bound = most entries they hold; flops_dense = what a dense kernel computes (must equal the "
+    "count): the LLM's closed form plus, per page, the vision tower and aligner as FlopCounterMode "
+    "counts them on the model built on the meta device, once per config (a library's change to the "
+    "tower moves bound and count together); generations of more than --count-limit forwards are "
+    "counted by the meta method below on the same config (flops_method says which); flops bound = linear layers on "
     "every token plus attention only on the (query, key) pairs the mask allows. Paper sizes: "
     "FlopCounterMode on the preset built on the meta device; LLM forwards grouped into runs whose cache grows by their own size each step, each run "
     "counted at its mean cache length (FLOPs are affine in it), so a 16K decode is a few dozen counted "
@@ -96,6 +98,7 @@ def measure(model, tokenizer, case: Case, mode: str, repeats: int, renderer, opt
         steps = bounds.forward_steps(mode, bounds.PromptShape.of(tokenizer, len(tokenizer.encode(
             prompt, add_special_tokens=False))), case.response_tokens, options.chunk_tokens,
             options.beta, options.visual_sees_text)
+    page = page_flops(model.config)
     if len(steps) <= count_limit:
         with ComponentFlops(model) as flops:
             counted = generate(model, tokenizer, prompt, config, renderer, options)  # also the warm-up
@@ -103,7 +106,7 @@ def measure(model, tokenizer, case: Case, mode: str, repeats: int, renderer, opt
     else:
         warm_up = dataclasses.replace(config, max_new_tokens=min(case.response_tokens, 64))
         counted = generate(model, tokenizer, prompt, warm_up, renderer, options)
-        counts, method = bounds.meta_flops(steps, meta_model(model.config)), "FlopCounterMode, meta runs"
+        counts, method = bounds.meta_flops(steps, meta_model(model.config), page), "FlopCounterMode, meta runs"
     runs, peaks = [], []
     for _ in range(repeats):
         if model.device.type == "cuda":
@@ -116,7 +119,7 @@ def measure(model, tokenizer, case: Case, mode: str, repeats: int, renderer, opt
         if model.device.type == "cuda":
             peaks.append(torch.cuda.max_memory_allocated(model.device))
     stats = counted.stats if len(steps) <= count_limit else result.stats  # KV figures are deterministic
-    llm, vision = shapes(model)
+    llm = LLMShape.from_hf(model.llm.config)
     kv_bound = bounds.kv_peak(steps)
     median = {name: statistics.median(run[name] for run in runs) for name in (*TIMINGS, "wall_s")}
     return {
@@ -129,8 +132,8 @@ def measure(model, tokenizer, case: Case, mode: str, repeats: int, renderer, opt
         "peak_device_bytes": max(peaks) if peaks else None,
         "bound": {"kv_tokens_peak": kv_bound, "kv_tokens_final": bounds.kv_final(steps),
                   "kv_bytes_peak": kv_bound * llm.kv_bytes_per_token(model.dtype.itemsize),
-                  "flops": bounds.layout_flops(steps, llm, vision, options.bidirectional_visual),
-                  "flops_dense": bounds.dense_flops(steps, llm, vision), "forwards": len(steps)},
+                  "flops": bounds.layout_flops(steps, llm, page, options.bidirectional_visual),
+                  "flops_dense": bounds.dense_flops(steps, llm, page), "forwards": len(steps)},
         "repeats": runs,
     }
 
@@ -187,7 +190,7 @@ def paper_sizes(names: list[str], grid: list[Case], element_size: int = 2) -> li
         model = meta_model(config)
         tokenizer = load_tokenizer(config.tokenizer)
         options = chunk_options(model)
-        llm, vision = shapes(model)
+        llm = LLMShape.from_hf(model.llm.config)
         page = count_page(model)
         for case in grid:
             for mode in MODES:
@@ -199,7 +202,7 @@ def paper_sizes(names: list[str], grid: list[Case], element_size: int = 2) -> li
                              "response_tokens": case.response_tokens, "length": case.length, "mode": mode,
                              "kv_tokens_peak": kv, "kv_bytes_peak": kv * llm.kv_bytes_per_token(element_size),
                              "flops": bounds.meta_flops(steps, model, page),
-                             "bound": {"flops": bounds.layout_flops(steps, llm, vision)}})
+                             "bound": {"flops": bounds.layout_flops(steps, llm, page)}})
     return rows
 
 
