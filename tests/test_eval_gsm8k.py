@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import require_extra
 from vist2.cli import main
 from vist2.errors import Vist2Error
 from vist2.eval import gsm8k
@@ -47,7 +48,7 @@ def test_lm_eval_filters_on_tricky_strings(response, n, strict, flexible):
 def _lm_eval_task_yaml() -> dict:
     import yaml
 
-    lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -e .[lm-eval])")
+    lm_eval = require_extra("lm_eval")
     return yaml.safe_load((Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml").read_text())
 
 

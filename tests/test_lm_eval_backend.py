@@ -12,7 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -e .[lm-eval])")
+from conftest import require_extra  # noqa: E402
+
+require_extra("lm_eval")
 
 from vist2.errors import Vist2Error  # noqa: E402
 from vist2.generate import GenerationConfig, generate  # noqa: E402

@@ -11,11 +11,13 @@ import threading
 
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("llguidance")
-uvicorn = pytest.importorskip("uvicorn")
-openai = pytest.importorskip("openai")
-pydantic = pytest.importorskip("pydantic")
+from conftest import require_extra  # noqa: E402
+
+require_extra("fastapi")
+require_extra("llguidance")
+uvicorn = require_extra("uvicorn")
+openai = require_extra("openai")
+pydantic = require_extra("pydantic")
 
 from test_serve import free_port, wait_healthy  # noqa: E402
 
@@ -35,13 +37,7 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 def validate(document, schema) -> None:
-    """jsonschema's verdict when it is installed; else the checks these schemas need."""
-    try:
-        import jsonschema
-    except ImportError:
-        assert isinstance(document, dict) and set(schema["required"]) <= set(document) <= set(schema["properties"])
-        return
-    jsonschema.validate(document, schema)
+    require_extra("jsonschema").validate(document, schema)
 
 
 @pytest.fixture(scope="module")

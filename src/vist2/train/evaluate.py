@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from vist2 import layout as L
 from vist2 import stages
 from vist2.chunking import chunk_texts, split_chunks
+from vist2.decode import cache_keyword
 
 LN2 = math.log(2)
 
@@ -84,9 +85,9 @@ def ocr_transcribe(model, pages: torch.Tensor, tokens: int, batch_size: int = 64
     for first in range(0, len(pages), batch_size):
         visual = model.encode_pages(pages[first : first + batch_size].to(device))
         n = visual.shape[0]
-        cache = DynamicCache()
+        cache, keyword = DynamicCache(), cache_keyword(model.llm)
         positions = torch.arange(beta, device=device).expand(n, beta)
-        out = model.llm(inputs_embeds=visual, position_ids=positions, past_key_values=cache, use_cache=True)
+        out = model.llm(inputs_embeds=visual, position_ids=positions, use_cache=True, **{keyword: cache})
         generated = []
         for step in range(tokens):
             token = out.logits[:, -1].argmax(-1)
@@ -95,7 +96,7 @@ def ocr_transcribe(model, pages: torch.Tensor, tokens: int, batch_size: int = 64
                 break
             embeds = model.llm.get_input_embeddings()(token[:, None])
             position = torch.full((n, 1), beta + step, device=device)
-            out = model.llm(inputs_embeds=embeds, position_ids=position, past_key_values=cache, use_cache=True)
+            out = model.llm(inputs_embeds=embeds, position_ids=position, use_cache=True, **{keyword: cache})
         results += torch.stack(generated, 1).tolist()
     return results
 
