@@ -263,7 +263,7 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
     dataset = build_dataset(config.stage, config.data, tokenizer, config.page_tokens or chunk_tokens,
                             model.config.visual_tokens, config.max_length, config.on_bad_image,
                             model.config.chunk.visual_sees_text, config.ocr_replay, config.images_outside_data,
-                            renderer.fits, fill)
+                            renderer.fits, fill, config.follow_symlinks)
     per_epoch = len(dataset) // config.batch_size
     total = config.max_steps or config.epochs * per_epoch
     if total < 1:

@@ -129,7 +129,8 @@ def _remove_own(temporary: Path, created: list[Path]) -> None:
 
 
 def prepare(paths: tuple[str, ...], output: Path, tokenizer, tokenizer_name: str, batch_mb: float = 1.0,
-            shard_tokens: int = SHARD_TOKENS, progress: bool = True, command_line: str = "") -> dict:
+            shard_tokens: int = SHARD_TOKENS, progress: bool = True, command_line: str = "",
+            follow_symlinks: bool = False) -> dict:
     """Tokenize `paths` into `output`; returns the manifest."""
     from tqdm import tqdm
 
@@ -138,7 +139,7 @@ def prepare(paths: tuple[str, ...], output: Path, tokenizer, tokenizer_name: str
     if not (math.isfinite(batch_mb) and batch_mb > 0):
         raise Vist2Error("--batch-mb must be a positive finite number")
     check_output(output)
-    files = data_files(paths)
+    files = data_files(paths, follow_symlinks)
     vocab = len(tokenizer)
     dtype = token_dtype(vocab)
     sha = tokenizer_hash(tokenizer)
