@@ -143,3 +143,18 @@ def test_interrupt_and_internal_errors_are_one_line_unless_debug(tmp_path, capsy
     monkeypatch.setattr(vist2.train, "train", interrupted)
     assert main(command) == 130
     assert capsys.readouterr().err.strip() == "vist2 train: interrupted"
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_a_users_folder_named_like_a_checkpoint_is_never_removed(resume, tmp_path, capsys):
+    data, run = corpus(tmp_path / "corpus"), tmp_path / "run"
+    mine = run / "checkpoints" / "step-00000001"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("my notes")
+    assert main(train_command(data, run, "--max-steps", "1", *resume)) == 2
+    err = capsys.readouterr().err
+    assert "holds step-00000001 not written by vist2 (no progress.json)" in err and err.count("\n") == 1
+    assert (mine / "notes.txt").read_text() == "my notes" and not (run / "final").exists()
+    with pytest.raises(Exception, match="was not written by vist2"):  # publish refuses it too
+        ckpt.publish(ckpt.make_temporary(mine), mine)
+    assert (mine / "notes.txt").read_text() == "my notes"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,29 @@ def checkpoints_dir(output: str | Path) -> Path:
     return Path(output) / "checkpoints"
 
 
-def complete_checkpoints(output: str | Path) -> list[Path]:
+def _step_folders(output: str | Path) -> list[Path]:
     folder = checkpoints_dir(output)
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "progress.json").is_file()]
+    return [p for p in folder.iterdir() if re.fullmatch(PREFIX + r"\d+", p.name)] if folder.is_dir() else []
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A complete checkpoint of ours: its progress.json, written last before the rename, is our mark."""
+    return path.is_dir() and not path.is_symlink() and (path / "progress.json").is_file()
+
+
+def complete_checkpoints(output: str | Path) -> list[Path]:
+    found = [p for p in _step_folders(output) if is_checkpoint(p)]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def check_no_foreign_checkpoints(output: str | Path) -> None:
+    """A step-N entry that is no checkpoint of ours is the user's: refused before any work,
+    since a run would replace it when it saves step N."""
+    foreign = sorted(p.name for p in _step_folders(output) if not is_checkpoint(p))
+    if foreign:
+        raise Vist2Error(f"{checkpoints_dir(output)} holds {', '.join(foreign[:3])}"
+                         f"{' ...' if len(foreign) > 3 else ''} not written by vist2 (no progress.json); "
+                         "move it away or choose another --output (nothing was removed)")
 
 
 def _ours(path: Path) -> bool:
@@ -78,6 +96,8 @@ def publish(temporary: Path, final: Path) -> None:
 
     An existing `final` is replaced only if this program wrote it (a checkpoint folder or a
     final/ of this run); the caller checks that before any work."""
+    if final.name.startswith(PREFIX) and (final.exists() or final.is_symlink()) and not is_checkpoint(final):
+        raise Vist2Error(f"{final} exists and was not written by vist2; move it away (nothing was removed)")
     if final.exists():
         stale = temporary.with_name(temporary.name + "-old")
         (final / MARKER).write_text("")  # marks `stale` as ours, should a crash leave it

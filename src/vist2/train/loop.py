@@ -225,15 +225,16 @@ def train(config: TrainConfig, model_config: Vist2Config | None = None) -> Train
                              "--multi_gpu), not with accelerate's --use_fsdp or --use_deepspeed")
     set_seed(config.seed)
     held = None
-    if accelerator.is_main_process:
-        try:
-            output.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise Vist2Error(f"cannot create --output {output}: {error}") from None
-        held = ckpt.lock(output)  # before anything in the folder is touched
-        ckpt.remove_stale_temporaries(output)
-    accelerator.wait_for_everyone()
     try:
+        if accelerator.is_main_process:
+            try:
+                output.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise Vist2Error(f"cannot create --output {output}: {error}") from None
+            held = ckpt.lock(output)  # before anything in the folder is touched
+            ckpt.check_no_foreign_checkpoints(output)
+            ckpt.remove_stale_temporaries(output)
+        accelerator.wait_for_everyone()
         return _train(config, model_config, accelerator, output)
     finally:
         if held is not None:
