@@ -104,7 +104,7 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp
 @pytest.mark.parametrize("damaged", ["config.json", "model.safetensors"])
 def test_resume_passes_over_a_damaged_newest_checkpoint(damaged, tmp_path, capsys):
     data, run = corpus(tmp_path / "corpus"), tmp_path / "run"
-    steps = ["--max-steps", "3", "--save-every", "1", "--keep-checkpoints", "3"]
+    steps = ["--max-steps", "2", "--save-every", "1", "--keep-checkpoints", "3"]
     assert main(train_command(data, run, "--max-steps", "2", "--save-every", "1", "--keep-checkpoints", "3")) == 0
     newest = run / "checkpoints" / "step-00000002"
     path = newest / "model" / damaged
@@ -158,3 +158,19 @@ def test_a_users_folder_named_like_a_checkpoint_is_never_removed(resume, tmp_pat
     with pytest.raises(Exception, match="was not written by vist2"):  # publish refuses it too
         ckpt.publish(ckpt.make_temporary(mine), mine)
     assert (mine / "notes.txt").read_text() == "my notes"
+
+
+def test_resume_with_more_steps_continues_to_the_new_total_and_says_so(tmp_path, capsys):
+    data, run = corpus(tmp_path / "corpus"), tmp_path / "run"
+    assert main(train_command(data, run, "--max-steps", "2", "--save-every", "1")) == 0
+    capsys.readouterr()
+    assert main(train_command(data, run, "--max-steps", "3", "--save-every", "1", "--resume")) == 0
+    captured = capsys.readouterr()
+    assert "resuming at step 2 of a 2-step run and continuing to 3 steps" in captured.err
+    assert "trained 3 steps" in captured.out
+    assert len(json.loads((run / "losses.json").read_text())) == 3
+    progress = json.loads((run / "checkpoints" / "step-00000003" / "progress.json").read_text())
+    assert progress["step"] == 3 and progress["schedule_steps"] == 3
+    assert main(train_command(data, run, "--max-steps", "2", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "is at step 3 and this run asks for 2 steps in all" in err and err.count("\n") == 1

@@ -272,6 +272,13 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
     start = progress["step"] if progress else 0
     schedule_steps = progress["schedule_steps"] if progress else total
     losses: list[float] = progress["losses"] if progress else []
+    if progress and not config.max_minutes and total != schedule_steps:  # --max-steps / --epochs changed
+        if total <= start:
+            raise Vist2Error(f"cannot resume: {resumed} is at step {start} and this run asks for {total} steps in all "
+                             "(--max-steps / --epochs); ask for more to continue")
+        print(f"resuming at step {start} of a {schedule_steps}-step run and continuing to {total} steps; the "
+              f"learning-rate schedule is now sized for {total}", file=sys.stderr)
+        schedule_steps = total
     curriculum = None
     if config.stage == "ocr":
         curriculum = functools.partial(curriculum_images, max_images=dataset.max_images, bounds=config.curriculum)
