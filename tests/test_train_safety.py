@@ -174,3 +174,23 @@ def test_resume_with_more_steps_continues_to_the_new_total_and_says_so(tmp_path,
     assert main(train_command(data, run, "--max-steps", "2", "--resume")) == 2
     err = capsys.readouterr().err
     assert "is at step 3 and this run asks for 2 steps in all" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "missing"])
+def test_resume_passes_over_a_newest_checkpoint_whose_optimizer_state_is_damaged(damage, tmp_path, capsys):
+    data, run = corpus(tmp_path / "corpus"), tmp_path / "run"
+    steps = ["--max-steps", "2", "--save-every", "1", "--keep-checkpoints", "3"]
+    assert main(train_command(data, run, *steps)) == 0
+    optimizer = run / "checkpoints" / "step-00000002" / "state" / "optimizer.bin"
+    whole = optimizer.read_bytes()
+    if damage == "missing":
+        optimizer.unlink()
+    else:
+        optimizer.write_bytes(b"" if damage == "empty" else whole[: len(whole) // 2])
+    capsys.readouterr()
+    assert main(train_command(data, run, *steps, "--resume")) == 0
+    err = capsys.readouterr().err
+    assert "step-00000002 is damaged (state/optimizer.bin is missing, empty or truncated" in err
+    assert "resuming from" in err and "step-00000001, the newest checkpoint that reads back" in err
+    assert json.loads((run / "checkpoints" / "step-00000002" / "progress.json").read_text())["step"] == 2
+    assert (run / "checkpoints" / "step-00000002" / "state" / "optimizer.bin").stat().st_size > 0  # step 2 redone

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,31 @@ def write_progress(folder: Path, progress: dict[str, Any]) -> None:
 
 
 def read_progress(checkpoint: Path) -> dict[str, Any]:
-    return json.loads((checkpoint / "progress.json").read_text())
+    progress = json.loads((checkpoint / "progress.json").read_text())
+    if not (isinstance(progress, dict) and isinstance(progress.get("step"), int)
+            and isinstance(progress.get("schedule_steps"), int) and isinstance(progress.get("losses"), list)):
+        raise Vist2Error("progress.json lacks an integer step, schedule_steps or a list of losses")
+    return progress
+
+
+def check_state(checkpoint: Path, fsdp: bool) -> None:
+    """The training state a resume reads is there and whole: optimizer.bin (unless sharded) and every
+    rank's RNG states are torch.save zip archives whose directory reads back (an empty or truncated
+    file fails here); with --fsdp, the DCP metadata of the shards."""
+    state = checkpoint / "state"
+    if not state.is_dir():
+        raise Vist2Error("no state/ folder")
+    archives = sorted(state.glob("random_states_*.pkl")) + ([] if fsdp else [state / "optimizer.bin"])
+    for path in archives:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = archive.infolist()
+            if not members or any(m.header_offset + m.compress_size > path.stat().st_size for m in members):
+                raise zipfile.BadZipFile("members end past the file")
+        except (OSError, zipfile.BadZipFile) as error:
+            raise Vist2Error(f"{path.relative_to(checkpoint)} is missing, empty or truncated ({error})") from None
+    if fsdp and not (state / "sharded" / ".metadata").is_file():
+        raise Vist2Error("state/sharded/.metadata is missing")
 
 
 def prune(output: str | Path, keep: int) -> None:

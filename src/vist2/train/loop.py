@@ -66,8 +66,7 @@ def _usable_checkpoint(config: TrainConfig) -> tuple[Path, Vist2Model] | None:
     for checkpoint in reversed(ckpt.complete_checkpoints(config.output)):
         try:
             progress = ckpt.read_progress(checkpoint)
-            if not (checkpoint / "state").is_dir():
-                raise Vist2Error("no state/ folder")
+            ckpt.check_state(checkpoint, bool(progress.get("fsdp", False)))
             model = Vist2Model.from_pretrained(checkpoint / "model")
         except (Vist2Error, OSError, ValueError, KeyError) as error:
             print(f"warning: checkpoint {checkpoint} is damaged ({error}); trying the one before", file=sys.stderr)
@@ -300,9 +299,16 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
     if not config.fsdp:
         model, optimizer = accelerator.prepare(model, optimizer)
     if progress:
-        accelerator.load_state(str(resumed / "state"))
-        if config.fsdp:
-            sharded.load(model, optimizer, resumed / "state")
+        try:
+            accelerator.load_state(str(resumed / "state"))
+            if config.fsdp:
+                sharded.load(model, optimizer, resumed / "state")
+        except (RuntimeError, OSError, ValueError, KeyError) as error:
+            if isinstance(error, Vist2Error):
+                raise
+            reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+            raise Vist2Error(f"cannot load the training state in {resumed / 'state'} ({reason}); move that checkpoint "
+                             "away to resume from the one before") from None
     writer = None
     if accelerator.is_main_process:
         from torch.utils.tensorboard import SummaryWriter
