@@ -35,7 +35,7 @@ WEIGHTS_NAME = "model.safetensors"
 def build_llm(config: LLMConfig, attn_implementation: str) -> nn.Module:
     if config.path:
         return AutoModelForCausalLM.from_pretrained(
-            config.path, local_files_only=True, attn_implementation=attn_implementation
+            config.path, local_files_only=True, trust_remote_code=False, attn_implementation=attn_implementation
         )
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
