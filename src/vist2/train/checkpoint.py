@@ -31,6 +31,7 @@ PREFIX = "step-"
 TEMPORARY = ".tmp-"
 MARKER = ".vist2-temporary"  # inside every temporary folder this program creates
 # LOCK stays after the run: it also marks the folder as a run folder of ours
+PROBE_BYTES = 1 << 20
 RUN_FILES = ("train_config.json", "losses.json", "loss.png")  # replaced by every run in the folder
 
 
@@ -113,6 +114,24 @@ def publish(temporary: Path, final: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def explain_write_failure(folder: Path) -> None:
+    """After a save failed with a library's opaque error (torch.save says "unexpected pos" on a full
+    disk): raise the OSError of a small probe write in `folder` if the disk refuses it too."""
+    probe = folder / ".vist2-write-probe"
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(bytes(PROBE_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(folder)) from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
 
 
 def lock(output: Path):

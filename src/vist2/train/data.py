@@ -17,6 +17,7 @@ A key is (record index, images): the OCR curriculum picks images per sample from
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
 from typing import Any, Iterator
@@ -75,11 +76,24 @@ def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
         yield record
 
 
+@contextlib.contextmanager
+def reading(path: Path):
+    """What the libraries raise for a damaged file (a corrupt Parquet file, a broken
+    dataset_info.json, bad UTF-8) as one line naming it."""
+    try:
+        yield
+    except Vist2Error:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:300]
+        raise Vist2Error(f"cannot read {path}: {reason}") from None
+
+
 def read_records(paths: tuple[str, ...], follow_symlinks: bool = False) -> list[dict[str, Any]]:
     """All records of all files, each with "_where" (file and line) for error messages."""
     records: list[dict[str, Any]] = []
     for path in data_files(paths, follow_symlinks):
-        try:
+        with reading(path):
             if path.suffix == ".txt":
                 records.append({"text": path.read_text(encoding="utf-8"), "_where": str(path), "_base": path.parent})
             elif path.suffix == ".jsonl":
@@ -96,8 +110,6 @@ def read_records(paths: tuple[str, ...], follow_symlinks: bool = False) -> list[
                 splits = saved.values() if isinstance(saved, DatasetDict) else [saved]
                 records += [dict(row, _where=f"{path}, row {i}", _base=path.parent)
                             for split in splits for i, row in enumerate(split)]
-        except (OSError, UnicodeDecodeError) as error:
-            raise Vist2Error(f"cannot read {path}: {error}") from None
     if not records:
         raise Vist2Error(f"no records found in {', '.join(paths)}")
     return records

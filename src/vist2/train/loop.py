@@ -170,10 +170,14 @@ def _save(accelerator, model, optimizer, tokenizer, output: Path, step: int, pro
     if accelerator.is_main_process:
         ckpt.make_temporary(final)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary / "state"))  # under --fsdp: the RNG states only
-    if progress["fsdp"]:
-        sharded.save(model, optimizer, temporary / "state")
-    _save_model(accelerator, model, tokenizer, temporary / "model", progress["fsdp"])
+    try:
+        accelerator.save_state(str(temporary / "state"))  # under --fsdp: the RNG states only
+        if progress["fsdp"]:
+            sharded.save(model, optimizer, temporary / "state")
+        _save_model(accelerator, model, tokenizer, temporary / "model", progress["fsdp"])
+    except RuntimeError:
+        ckpt.explain_write_failure(temporary)
+        raise
     accelerator.wait_for_everyone()  # every rank's RNG state is in before the rename
     if accelerator.is_main_process:
         ckpt.write_progress(temporary, progress)
@@ -381,7 +385,11 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
     accelerator.wait_for_everyone()
     full = _full_model(accelerator, model, config.fsdp)
     if full is not None:
-        full.save_pretrained(temporary, tokenizer)
+        try:
+            full.save_pretrained(temporary, tokenizer)
+        except RuntimeError:
+            ckpt.explain_write_failure(temporary)
+            raise
         ckpt.publish(temporary, final)
         (output / "losses.json").write_text(json.dumps(losses) + "\n")
         if losses:
