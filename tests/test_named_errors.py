@@ -12,8 +12,6 @@ import pytest
 from test_prepare import corpus
 from test_train import train_command
 from vist2.cli import main
-from vist2.errors import Vist2Error
-from vist2.render import RenderConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,44 +22,15 @@ def one_line_error(capsys, code: int, message: str) -> None:
     assert message in err and err.count("\n") == 1 and "internal error" not in err and "Traceback" not in err
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tiny):
-    model, tokenizer = tiny
-    folder = tmp_path_factory.mktemp("ckpt")
-    model.save_pretrained(folder / "with-tokenizer", tokenizer)
-    model.save_pretrained(folder / "without-tokenizer")
-    return folder
-
-
-@pytest.mark.parametrize("name, change, message", [
-    ("with-tokenizer", lambda c: c.update(dtype=5), "dtype must be one of float32, bfloat16, float16, got 5"),
-    ("with-tokenizer", lambda c: c.update(dtype="nn"), "dtype must be one of float32, bfloat16, float16, got 'nn'"),
-    ("with-tokenizer", lambda c: c["llm"].update(path="/elsewhere/llm"),
-     "llm.path must be null in a checkpoint (its weights are in model.safetensors), got '/elsewhere/llm'"),
-    ("with-tokenizer", lambda c: c["vision"].update(path="/elsewhere"), "vision.path must be null in a checkpoint"),
-    ("with-tokenizer", lambda c: c["render"].update(max_font_size=10**6),
-     "render.max_font_size must be in [1, 8192], got 1000000"),
-    ("without-tokenizer", lambda c: c.update(tokenizer="qwen3"),
-     "the tokenizer 'qwen3' named by"),
-])
-def test_a_checkpoint_config_json_with_bad_fields(name, change, message, checkpoint, tmp_path, capsys):
-    import shutil
-
-    folder = tmp_path / name
-    shutil.copytree(checkpoint / name, folder)
-    config = json.loads((folder / "config.json").read_text())
-    change(config)
-    (folder / "config.json").write_text(json.dumps(config))
-    one_line_error(capsys, main(["generate", "--model", str(folder), "--prompt", "hi", "--max-new-tokens", "1"]),
-                   message)
-
-
-def test_render_sizes_are_bounded():
-    for field in ("max_font_size", "line_height", "margin"):
-        with pytest.raises(Vist2Error, match=f"render.{field} must be in"):
-            RenderConfig(**{field: 10**6})
-    with pytest.raises(Vist2Error, match=r"render.tab_size must be in \[0, 64\]"):
-        RenderConfig(tab_size=10**9)
+def test_a_tokenizer_larger_than_the_models_vocabulary(tiny, tmp_path, capsys):
+    model, _ = tiny
+    model.save_pretrained(tmp_path / "ckpt")  # no tokenizer files: config.json names one
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    config["tokenizer"] = "qwen3"
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    one_line_error(capsys, main(["generate", "--model", str(tmp_path / "ckpt"), "--prompt", "hi"]),
+                   f"the tokenizer 'qwen3' named by {tmp_path / 'ckpt'}/config.json has 151669 tokens but the model "
+                   "embeds only 272")
 
 
 def test_layout_png_needs_a_png_name(tmp_path, capsys):
