@@ -81,8 +81,6 @@ def test_a_full_or_read_only_disk_is_the_users_to_fix(number, hint, tmp_path, ca
 
 def test_a_checkpoint_save_on_a_full_disk_names_the_folder(tmp_path, capsys, monkeypatch):
     """torch.save says only "unexpected pos" on a full disk: a probe write names the cause."""
-    import vist2.train.checkpoint as ckpt
-
     def opaque(*args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
 
