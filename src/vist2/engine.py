@@ -30,6 +30,7 @@ from vist2.kvstore import KVStore
 from vist2.options import ChunkOptions, chunk_options
 from vist2.prompt import build_prompt
 from vist2.request import Request, stop_ids
+from vist2.sampling import token_logprobs
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Event:
     tokens: list[int]  # ids added to the output (a stop token excluded)
     pages: list[str] = field(default_factory=list)  # page texts its compressed chunk became
     finished: bool = False
+    logprobs: list[tuple[float, list]] = field(default_factory=list)  # per token, when config.logprobs asks
 
 
 def prefill_groups(joining: list[Request]) -> list[list[Request]]:
@@ -82,15 +84,17 @@ class Engine:
     # -- the API a caller (generate, stream, a server) uses ------------------------------------
 
     def add(self, query: str | list[int], config, options: ChunkOptions | None = None,
-            forced: list[int] | None = None, keep_logits: bool = False) -> Request:
-        """Queue a request (a prompt string or query ids); it joins the batch at the next step."""
+            forced: list[int] | None = None, keep_logits: bool = False,
+            frame: tuple[list[int], list[int]] | None = None) -> Request:
+        """Queue a request (a prompt string or query ids); it joins the batch at the next step.
+        frame: the ids around the query instead of the ChatML turn (`prompt.build_prompt`)."""
         options = options or self.options
         if options.beta != self.options.beta:
             raise Vist2Error(f"beta {options.beta} differs from this engine's page ({self.options.beta} tokens)")
         ids = self._query_ids(query)
         fill = options.fill(self.renderer, self.tokenizer)
         prompt = build_prompt(self.tokenizer, ids, config.mode, options.chunk_tokens, options.beta,
-                              self.renderer.fits, fill, chat_template=config.chat_template)
+                              self.renderer.fits, fill, chat_template=config.chat_template, frame=frame)
         request = Request(next(self._ids), prompt, config, options, forced, keep_logits)
         request.check_positions(self.model.llm.config)
         request.stop_ids = set() if config.ignore_eos or forced is not None else self._stop_ids
@@ -135,6 +139,9 @@ class Engine:
                 events.append(complete[-1][1])
                 continue
             event = Event(request, request.accept(token, self.tokenizer))
+            if event.tokens and request.config.logprobs is not None:
+                event.logprobs.append(token_logprobs(request.logits[: len(self.tokenizer)], token,
+                                                     request.config.logprobs))
             events.append(event)
             if request.finished:
                 event.finished = True
@@ -212,7 +219,8 @@ class Engine:
             elif request.plain_greedy:
                 tokens.append(greedy[index])
             else:
-                chosen = sample(logits[index : index + 1], [request.history], request.config, request.generator)
+                chosen = sample(logits[index : index + 1], [request.history], request.config, request.generator,
+                                [request.output])
                 tokens.append(int(chosen[0]))
             if request.keep_logits:
                 request.kept.append(request.logits)

@@ -10,6 +10,7 @@ import torch
 from vist2.errors import Vist2Error
 from vist2.options import ChunkOptions
 from vist2.prompt import Prompt, changes, chunk_pages
+from vist2.sampling import plain_greedy
 
 
 @dataclass
@@ -82,8 +83,7 @@ class Request:
     def __post_init__(self) -> None:
         self.history = list(self.prompt.context_ids)  # seen by the repetition penalty and n-gram ban
         config = self.config
-        self.plain_greedy = (config.temperature == 0 and config.repetition_penalty == 1.0
-                             and config.no_repeat_ngram_size == 0)
+        self.plain_greedy = plain_greedy(config)
         self.steps = len(self.forced) if self.forced is not None else config.max_new_tokens
         self.longest_stop = max((len(s) for s in config.stop_strings), default=0)
         self._chars = self._pages = 0  # characters and pages of the response's compressed chunks
