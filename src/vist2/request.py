@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from vist2.errors import Vist2Error
+from vist2.errors import ContextLengthError, Vist2Error
 from vist2.options import ChunkOptions
 from vist2.prompt import Prompt, changes, chunk_pages
 from vist2.sampling import plain_greedy
@@ -95,10 +95,11 @@ class Request:
         K, beta, n, mode = self.options.chunk_tokens, self.options.beta, self.steps, self.config.mode
         response = (n // K) * beta + min(n, K) if mode == "gcc" else n
         if self.prompt.positions + response > limit:
-            raise Vist2Error(
+            raise ContextLengthError(
                 f"the {mode} prompt needs {self.prompt.positions} positions and {n} new tokens up to "
                 f"{response} more, beyond the backbone's limit of {limit} (max_position_embeddings); "
-                "shorten the prompt, lower --max-new-tokens or use gcc/pcc compression")
+                "shorten the prompt, lower --max-new-tokens or use gcc/pcc compression",
+                self.prompt.positions, response, limit)
 
     def accept(self, token: int, tokenizer) -> list[int]:
         """Take the chosen token; returns the ids it adds to the output (none for a stop token)."""
