@@ -1,6 +1,9 @@
-"""`vist2 serve` against a real uvicorn server on 127.0.0.1 with the tiny random model: the
-official openai client (plain, streamed, each mode, n=2), raw HTTP for bad requests,
-a disconnect that frees its row, the 429 queue bound, metrics, and the CLI with SIGTERM."""
+"""`vist2 serve` against a real uvicorn server on 127.0.0.1 with the tiny random model (one
+server per configuration, module-scoped): the official openai client for the chat template,
+raw completions, logprobs against the teacher-forced forward, sampling fields, n, limits and
+shapes; raw HTTP and sockets for bad requests, the guard (API key, Host, CORS, content type),
+metrics labels, half-sent requests, a 15 MB prompt beside /health, a disconnect that frees its
+row, the 429 queue bound; and the CLI: a busy port, SIGTERM ending a stream with "abort"."""
 
 from __future__ import annotations
 
