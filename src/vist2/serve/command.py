@@ -62,7 +62,8 @@ def add_serve(commands) -> None:
                         "none: open)")
     parser.add_argument("--allowed-hosts", type=_names,
                         help="comma-separated Host header names answered, * for any (default: the --host address, "
-                        "localhost, 127.0.0.1, [::1]); others get 421, which stops DNS rebinding")
+                        "localhost, 127.0.0.1, [::1]); others get 421, which stops DNS rebinding. With --host "
+                        "0.0.0.0, name the addresses clients use")
     parser.add_argument("--allowed-origins", type=_names, default=[],
                         help="comma-separated web origins allowed to call the API from a browser (CORS); "
                         "default none (the page at / is same-origin)")
