@@ -429,6 +429,11 @@ def test_models_context_fingerprint_created_and_request_id(server, client):
     error = reply.json()["error"]
     assert error["code"] == "context_length_exceeded" and error["param"] == "max_tokens"
     assert "maximum context length is 32768 tokens" in error["message"] and "--" not in error["message"]
+    compressed = httpx.post(base + "/v1/chat/completions", json={
+        "model": "tiny", "messages": [{"role": "user", "content": "hi " * 30}], "mode": "pcc", "max_tokens": 32760})
+    error = compressed.json()["error"]  # pcc's positions are the engine's to count: its refusal, in API words
+    assert compressed.status_code == 400 and error["code"] == "context_length_exceeded"
+    assert "maximum context length is 32768 positions" in error["message"] and "--" not in error["message"]
     assert len(httpx.get(base + "/health").headers["x-request-id"]) == 32  # one made up when none is sent
     chunks = list(client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
                                                  max_tokens=40, stream=True, extra_body={"ignore_eos": True}))
