@@ -120,8 +120,7 @@ def create_app(engine, tokenizer, renderer, name: str, default_mode: str, limits
                                 f"(at most {limits.max_prompt_chars}); please shorten it", param)
         queries = ([chat_query(tokenizer, template, messages_of(body))] if chat
                    else completion_queries(tokenizer, body.get("prompt")))
-        configs = [with_max_tokens(job, query.tokens, limits, param if job.max_tokens is None else job.max_tokens_param)
-                   for query in queries]
+        configs = [with_max_tokens(job, query.tokens, limits, param) for query in queries]
         return job, queries, configs
 
     async def answer(request: Request, route: str, chat: bool):

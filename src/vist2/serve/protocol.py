@@ -233,7 +233,7 @@ def context_error(message: str, param: str) -> ApiError:
     return ApiError(message, param, code="context_length_exceeded")
 
 
-def with_max_tokens(job: Job, prompt_tokens: int, limits: Limits, param: str):
+def with_max_tokens(job: Job, prompt_tokens: int, limits: Limits, param: str):  # param: the prompt's field
     """The job's config for one prompt of `prompt_tokens`: max_new_tokens within the context.
     In text mode the check is exact here; pcc and gcc take fewer positions, and the engine
     checks those (`serve.app` turns its refusal into the same error)."""
@@ -246,7 +246,8 @@ def with_max_tokens(job: Job, prompt_tokens: int, limits: Limits, param: str):
     else:
         wanted = job.max_tokens
     if job.config.mode == "text" and (room < 1 or wanted > room):
-        raise context_error(context_message(limits.context, prompt_tokens, wanted), param)
+        blamed = job.max_tokens_param if job.max_tokens is not None and room >= 1 else param
+        raise context_error(context_message(limits.context, prompt_tokens, wanted), blamed)
     return replace(job.config, max_new_tokens=wanted)
 
 
