@@ -177,18 +177,21 @@ def _with_cors(app, origins: list[str]):
 
 async def read_body(request: Request, timeout: float) -> bytes:
     """The body, refused once it passes MAX_BODY_BYTES (413) or takes longer than `timeout` (408)."""
+    loop = asyncio.get_running_loop()
+    deadline, pieces = loop.time() + timeout, request.stream().__aiter__()
     chunks, size = [], 0
-    try:
-        async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > MAX_BODY_BYTES:
-                    raise ApiError(f"the body is larger than {MAX_BODY_BYTES >> 20} MiB", status=413)
-                chunks.append(chunk)
-    except TimeoutError:
-        raise ApiError(f"the body did not arrive within {timeout:g} s", status=408, code="request_timeout",
-                       headers={"Connection": "close"}) from None
-    return b"".join(chunks)
+    while True:
+        try:
+            chunk = await asyncio.wait_for(pieces.__anext__(), max(deadline - loop.time(), 0))
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except asyncio.TimeoutError:
+            raise ApiError(f"the body did not arrive within {timeout:g} s", status=408, code="request_timeout",
+                           headers={"Connection": "close"}) from None
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(f"the body is larger than {MAX_BODY_BYTES >> 20} MiB", status=413)
+        chunks.append(chunk)
 
 
 class Reply:
