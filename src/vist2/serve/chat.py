@@ -179,8 +179,9 @@ def _for_template(tokenizer, template: str, messages: list[dict], tools: list | 
     written = []
     for message in messages:
         if "tool_calls" in message:
-            calls = "\n".join(OPEN + json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]})
-                              + CLOSE for c in message["tool_calls"])
+            calls = "\n".join(OPEN + json.dumps({"name": c["function"]["name"],
+                                                  "arguments": c["function"]["arguments"]}) + CLOSE
+                              for c in message["tool_calls"])
             message = {k: v for k, v in message.items() if k != "tool_calls"}
             message["content"] = "\n".join(p for p in (message["content"], calls) if p)
         written.append(message)
