@@ -145,8 +145,9 @@ def test_fields_that_cannot_be_honoured_get_400_naming_them(client, fields, para
 
 def test_tools_render_through_the_chat_template_path():
     """tools go through serve/chat.py like any chat: the template's tool format where it has one
-    (Qwen3), else a system turn listing them; past calls with object arguments."""
-    from vist2.serve.chat import TOOLS_PROMPT, chat_query, messages_of
+    (Qwen3), else a system turn listing them; past calls with object arguments; the tools count
+    toward the prompt's characters."""
+    from vist2.serve.chat import TOOLS_PROMPT, chat_query, messages_of, prompt_chars
     from vist2.tokenizer import byte_tokenizer, qwen3_tokenizer
 
     past = {"id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": '{"zone": "CET"}'}}
@@ -170,6 +171,7 @@ def test_tools_render_through_the_chat_template_path():
     assert tokenizer.decode(plain.ids).startswith(TOOLS_PROMPT.split("{tools}")[0])
     without = chat_query(tokenizer, tokenizer.chat_template, messages_of({"messages": ASK}))
     assert "<tools>" not in without.text
+    assert prompt_chars({"messages": ASK, "tools": TOOLS}, True) > prompt_chars({"messages": ASK}, True) + 30
 
 
 def test_raw_completions_take_response_format_but_not_tools(client):

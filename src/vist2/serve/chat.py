@@ -48,8 +48,9 @@ class Query:
 
 
 def prompt_chars(body: dict, chat: bool) -> int:
-    """Characters of the prompt's strings, counted before any rendering or tokenizing."""
-    stack, total = [body.get("messages" if chat else "prompt")], 0
+    """Characters of the prompt's strings (chat: the tools' too, the prompt lists them), counted
+    before any rendering or tokenizing."""
+    stack, total = [body.get("messages"), body.get("tools")] if chat else [body.get("prompt")], 0
     while stack:
         value = stack.pop()
         if isinstance(value, str):
