@@ -5,7 +5,7 @@
   then valid JSON for it (unless `max_tokens` cuts it: finish_reason "length").
 - `tools` with `tool_choice`: the tools offered go into the prompt through serve/chat.py (the
   model's chat template with `tools=` when it renders tools, else a system turn listing them).
-  Calls are written `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` (the
+  Calls are written `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>` (the
   Hermes/Qwen format, `chat.OPEN`/`chat.CLOSE`), one block per call, and the grammar forces it:
   `required` - one or more calls (one if `parallel_tool_calls` is false); a named function -
   calls of it; `auto` - a reply that starts with `<` is calls, any other reply is text (or JSON
