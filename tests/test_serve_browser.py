@@ -35,11 +35,11 @@ def test_page_streams_the_answer_and_shows_pages(tmp_path):
     from vist2.generate import load_model
     from vist2.render import Renderer
     from vist2.serve.app import create_app
-    from vist2.serve.protocol import Limits
+    from vist2.serve.command import server_limits
 
     model, tokenizer = load_model(preset_name="tiny")
     app = create_app(Engine(model, tokenizer), tokenizer, Renderer(model.config.render), "tiny", "gcc",
-                     Limits(1000, 1000, 256), 8)
+                     server_limits(model, tokenizer, 1000, 1000, 256, 1.0), 8)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

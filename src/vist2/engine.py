@@ -31,6 +31,7 @@ from vist2.kvstore import KVStore
 from vist2.options import ChunkOptions, chunk_options
 from vist2.prompt import build_prompt
 from vist2.request import Request, stop_ids
+from vist2.sampling import token_logprobs
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Event:
     tokens: list[int]  # ids added to the output (a stop token excluded)
     pages: list[str] = field(default_factory=list)  # page texts its compressed chunk became
     finished: bool = False
+    logprobs: list[tuple[float, list]] = field(default_factory=list)  # per token, when config.logprobs asks
 
 
 def prefill_groups(joining: list[Request]) -> list[list[Request]]:
@@ -83,15 +85,18 @@ class Engine:
     # -- the API a caller (generate, stream, a server) uses ------------------------------------
 
     def add(self, query: str | list[int], config, options: ChunkOptions | None = None,
-            forced: list[int] | None = None, keep_logits: bool = False) -> Request:
-        """Queue a request (a prompt string or query ids); it joins the batch at the next step."""
-        request = self.request(query, config, options, forced, keep_logits)
+            forced: list[int] | None = None, keep_logits: bool = False,
+            frame: tuple[list[int], list[int]] | None = None) -> Request:
+        """Queue a request (a prompt string or query ids); it joins the batch at the next step.
+        frame: the ids around the query instead of the ChatML turn (`prompt.build_prompt`)."""
+        request = self.request(query, config, options, forced, keep_logits, frame)
         with self._lock:
             self.waiting.append(request)
         return request
 
     def request(self, query: str | list[int], config, options: ChunkOptions | None = None,
-                forced: list[int] | None = None, keep_logits: bool = False) -> Request:
+                forced: list[int] | None = None, keep_logits: bool = False,
+                frame: tuple[list[int], list[int]] | None = None) -> Request:
         """The request `add` would queue, prompt built and checked (it fits the backbone's
         positions), not queued: a caller can check many prompts before generating any."""
         options = options or self.options
@@ -100,7 +105,7 @@ class Engine:
         ids = self._query_ids(query)
         fill = options.fill(self.renderer, self.tokenizer)
         prompt = build_prompt(self.tokenizer, ids, config.mode, options.chunk_tokens, options.beta,
-                              self.renderer.fits, fill, chat_template=config.chat_template)
+                              self.renderer.fits, fill, chat_template=config.chat_template, frame=frame)
         request = Request(next(self._ids), prompt, config, options, forced, keep_logits)
         request.check_positions(self.model.llm.config)
         request.stop_ids = set() if config.ignore_eos or forced is not None else self._stop_ids
@@ -145,6 +150,9 @@ class Engine:
                 events.append(complete[-1][1])
                 continue
             event = Event(request, request.accept(token, self.tokenizer))
+            if event.tokens and request.config.logprobs is not None:
+                event.logprobs.append(token_logprobs(request.logits[: len(self.tokenizer)], token,
+                                                     request.config.logprobs))
             if request.constraint is not None and request.constraint.advance(token):
                 request.finished = True  # the grammar is complete
             events.append(event)
@@ -224,7 +232,8 @@ class Engine:
             elif request.plain_greedy:
                 tokens.append(greedy[index])
             else:
-                chosen = sample(logits[index : index + 1], [request.history], request.config, request.generator)
+                chosen = sample(logits[index : index + 1], [request.history], request.config, request.generator,
+                                [request.output])
                 tokens.append(int(chosen[0]))
             if request.keep_logits:
                 request.kept.append(request.logits)

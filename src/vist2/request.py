@@ -7,9 +7,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from vist2.errors import Vist2Error
+from vist2.errors import ContextLengthError, Vist2Error
 from vist2.options import ChunkOptions
 from vist2.prompt import Prompt, changes, chunk_pages
+from vist2.sampling import plain_greedy
 
 
 @dataclass
@@ -83,8 +84,7 @@ class Request:
     def __post_init__(self) -> None:
         self.history = list(self.prompt.context_ids)  # seen by the repetition penalty and n-gram ban
         config = self.config
-        self.plain_greedy = (config.temperature == 0 and config.repetition_penalty == 1.0
-                             and config.no_repeat_ngram_size == 0)
+        self.plain_greedy = plain_greedy(config)
         self.steps = len(self.forced) if self.forced is not None else config.max_new_tokens
         self.longest_stop = max((len(s) for s in config.stop_strings), default=0)
         self._chars = self._pages = 0  # characters and pages of the response's compressed chunks
@@ -96,10 +96,11 @@ class Request:
         K, beta, n, mode = self.options.chunk_tokens, self.options.beta, self.steps, self.config.mode
         response = (n // K) * beta + min(n, K) if mode == "gcc" else n
         if self.prompt.positions + response > limit:
-            raise Vist2Error(
+            raise ContextLengthError(
                 f"the {mode} prompt needs {self.prompt.positions} positions and {n} new tokens up to "
                 f"{response} more, beyond the backbone's limit of {limit} (max_position_embeddings); "
-                "shorten the prompt, lower --max-new-tokens or use gcc/pcc compression")
+                "shorten the prompt, lower --max-new-tokens or use gcc/pcc compression",
+                self.prompt.positions, response, limit)
 
     def accept(self, token: int, tokenizer) -> list[int]:
         """Take the chosen token; returns the ids it adds to the output (none for a stop token)."""
