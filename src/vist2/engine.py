@@ -178,8 +178,8 @@ class Engine:
         for request in dropped:  # cancelled before it ever ran
             request.finish(self.kv)
             events.append(Event(request, [], finished=True))
-        for request in joining:
-            request.slot = self.kv.add_slot()
+        for request, slot in zip(joining, self.kv.add_slots([r.kv_need() for r in joining])):
+            request.slot = slot
             self.rows.append(request)
         for group in prefill_groups(joining):
             started = time.perf_counter()

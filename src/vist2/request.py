@@ -19,7 +19,7 @@ class GenerationStats:
     kv_tokens_peak: int = 0  # most cache entries this row held at any time
     kv_tokens_final: int = 0
     kv_tokens_full_text: int = 0  # entries a full-text run would hold: text prompt + output
-    kv_bytes_peak: int = 0  # most bytes the KV store held (all rows) while this request ran
+    kv_bytes_peak: int = 0  # most bytes the KV store held (all rows, reserved room included) while this ran
     time_to_first_token_s: float = 0.0  # from `Engine.add` (queueing and prefill included)
     prefill_s: float = 0.0
     decode_s: float = 0.0  # after the first token
@@ -99,6 +99,20 @@ class Request:
                 f"the {mode} prompt needs {self.prompt.positions} positions and {n} new tokens up to "
                 f"{response} more, beyond the backbone's limit of {limit} (max_position_embeddings); "
                 "shorten the prompt, lower --max-new-tokens or use gcc/pcc compression")
+
+    def kv_need(self) -> int:
+        """Most cache entries this request can hold: the prompt and every fed token (the last one
+        sampled never is); gcc: the persistent entries, the last closed chunk and its visual
+        block. With fill chunks (at most max_tokens each) the count of chunks is known only as
+        they close: this is then the least it can need (the store grows beyond it)."""
+        n, P = self.steps, self.prompt.positions
+        fill = self.chunker.fill
+        chunk = fill.max_tokens if fill is not None else self.options.chunk_tokens
+        chunks = -(-n // chunk)
+        if self.config.mode != "gcc" or chunks < 2:
+            return P + max(n - 1, 0)
+        fed = chunk if self.options.visual_sees_text else chunk - 1
+        return P + (chunks - 1) * self.options.beta + fed
 
     def accept(self, token: int, tokenizer) -> list[int]:
         """Take the chosen token; returns the ids it adds to the output (none for a stop token)."""
