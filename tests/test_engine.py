@@ -78,6 +78,33 @@ def test_cancel_frees_the_row_and_max_batch_queues(tiny):
     for _ in engine.run():
         pass
     assert len(b.output) == len(c.output) == 20 and engine.kv.nbytes() == 0
+    assert [r.finish_reason for r in (a, b, c, d)] == ["cancelled", "length", "length", "cancelled"]
+
+
+def test_finish_reasons_come_from_the_request(tiny):
+    """An aborted request reports its reason (not "stop" from its length); a stop string gives
+    "stop", max_new_tokens "length"; cancelling a finished request changes nothing."""
+    from vist2.request import Status
+
+    model, tokenizer = tiny
+    text = generate(model, tokenizer, SHORT, greedy("text", 12)).text
+    engine = Engine(model, tokenizer)
+    aborted = engine.add(LONG, greedy("gcc", 30))
+    stopped = engine.add(SHORT, greedy("text", 12, stop_strings=(text[3:6],)))
+    assert aborted.status is Status.WAITING and aborted.slot is None
+    engine.step()
+    assert aborted.status is Status.RUNNING and aborted.slot is not None
+    engine.cancel(aborted, "aborted")
+    engine.step()
+    assert aborted.status is Status.FINISHED and aborted.slot is None and len(aborted.output) == 1
+    assert aborted.result(tokenizer).finish_reason == "aborted"
+    for _ in engine.run():
+        pass
+    assert stopped.finish_reason == "stop" and len(stopped.output) < 12
+    assert generate(model, tokenizer, SHORT, greedy("pcc", 5)).finish_reason == "length"
+    engine.cancel(aborted, "cancelled")
+    engine.step()
+    assert aborted.finish_reason == "aborted"
 
 
 def test_page_rule_never_drops_text(tiny):

@@ -180,7 +180,8 @@ def test_cli_generate_gcc_memory_is_flat(capsys):
     assert main(args + ["--mode", "gcc", "--max-new-tokens", "2000"]) == 0
     gcc = json.loads(capsys.readouterr().out)
     stats = gcc["stats"]
-    assert gcc["mode"] == "gcc" and stats["generated_tokens"] == 2000 and stats["chunks_compressed"] == 31
+    assert gcc["mode"] == "gcc" and gcc["finish_reason"] == "length"
+    assert stats["generated_tokens"] == 2000 and stats["chunks_compressed"] == 31
     persistent = stats["kv_tokens_final"] - (2000 - 1 - 31 * 64)  # the last, unfinished chunk is transient
     assert stats["kv_tokens_peak"] <= persistent + 64 < stats["kv_tokens_full_text"] / 3
     assert main(args + ["--mode", "text", "--max-new-tokens", "300"]) == 0

@@ -76,6 +76,7 @@ class Engine:
         self.rows: list[Request] = []  # running, row i in slot i
         self.waiting: list[Request] = []
         self._lock = threading.Lock()
+        self._cancels: dict[Request, str] = {}  # asked for by `cancel`, done at the next step
         self._ids = itertools.count()
         self._stop_ids = stop_ids(tokenizer)
 
@@ -91,19 +92,24 @@ class Engine:
         fill = options.fill(self.renderer, self.tokenizer)
         prompt = build_prompt(self.tokenizer, ids, config.mode, options.chunk_tokens, options.beta,
                               self.renderer.fits, fill, chat_template=config.chat_template)
-        request = Request(next(self._ids), prompt, config, options, forced, keep_logits)
-        request.check_positions(self.model.llm.config)
-        request.stop_ids = set() if config.ignore_eos or forced is not None else self._stop_ids
+        generator = None
         if config.seed is not None:
-            request.generator = torch.Generator(device=self.model.device).manual_seed(config.seed)
-        request.chunker = Chunker(self.tokenizer, options.chunk_tokens, fill)
+            generator = torch.Generator(device=self.model.device).manual_seed(config.seed)
+        request = Request(next(self._ids), prompt, config, options, Chunker(self.tokenizer, options.chunk_tokens, fill),
+                          set() if config.ignore_eos or forced is not None else self._stop_ids, generator,
+                          forced, keep_logits)
+        request.check_positions(self.model.llm.config)
         with self._lock:
             self.waiting.append(request)
         return request
 
-    def cancel(self, request: Request) -> None:
-        """Stop a request; its slot is freed at the next step (its result keeps what it made)."""
-        request.cancelled = True
+    def cancel(self, request: Request, reason: str = "cancelled") -> None:
+        """Stop a request for `reason` ("cancelled" or "aborted"); it finishes at the next step,
+        its slot freed (its result keeps what it made). Nothing happens if it finished already."""
+        if reason not in ("cancelled", "aborted"):
+            raise Vist2Error(f"a request is cancelled or aborted, not {reason!r}")
+        with self._lock:
+            self._cancels.setdefault(request, reason)
 
     @property
     def busy(self) -> bool:
@@ -121,10 +127,8 @@ class Engine:
 
     @torch.inference_mode()
     def step(self) -> list[Event]:
-        events = [Event(r, [], finished=True) for r in self.rows if r.cancelled]
-        for event in events:
-            self._leave(event.request)
-        events += self._admit()
+        events = self._cancel()
+        self._admit()
         if not self.rows:
             return events
         tokens = self._choose()
@@ -168,18 +172,29 @@ class Engine:
             raise Vist2Error("the prompt is empty")
         return list(query)
 
-    def _admit(self) -> list[Event]:
+    def _cancel(self) -> list[Event]:
+        """Finish the requests `cancel` was asked for: running ones leave, waiting ones never run."""
         with self._lock:
-            dropped = [r for r in self.waiting if r.cancelled]
-            waiting = [r for r in self.waiting if not r.cancelled]
-            room = len(waiting) if self.max_batch is None else max(self.max_batch - len(self.rows), 0)
-            joining, self.waiting = waiting[:room], waiting[room:]
+            cancels, self._cancels = self._cancels, {}
+            self.waiting = [r for r in self.waiting if r not in cancels]
         events = []
-        for request in dropped:  # cancelled before it ever ran
-            request.finish(self.kv)
+        for request, reason in cancels.items():
+            if request.finished:
+                continue
+            request.end(reason)
             events.append(Event(request, [], finished=True))
+            if request in self.rows:
+                self._leave(request)
+            else:
+                request.finish(self.kv)
+        return events
+
+    def _admit(self) -> None:
+        with self._lock:
+            room = len(self.waiting) if self.max_batch is None else max(self.max_batch - len(self.rows), 0)
+            joining, self.waiting = self.waiting[:room], self.waiting[room:]
         for request, slot in zip(joining, self.kv.add_slots([r.kv_need() for r in joining])):
-            request.slot = slot
+            request.start(slot)
             self.rows.append(request)
         for group in prefill_groups(joining):
             started = time.perf_counter()
@@ -196,7 +211,6 @@ class Engine:
                 request.logits, request.base = row_logits, request.prompt.positions
                 request.stats.prefill_s = time.perf_counter() - started
                 request.measure(self.kv)
-        return events
 
     def _choose(self) -> list[int]:
         """One token per running row: forced, greedy (batched) or sampled (per row)."""
@@ -273,3 +287,4 @@ class Engine:
         if moved is not None:
             next(r for r in self.rows if r.slot == moved).slot = request.slot
             self.rows.sort(key=lambda r: r.slot)
+        request.slot = None

@@ -1,7 +1,14 @@
-"""One generation request: its prompt, options, per-row decoding state and statistics."""
+"""One generation request: its prompt, options, status, per-row decoding state and statistics.
+
+A request is waiting (queued), running (it holds a slot of the KV store) or finished, with a
+reason: "stop" (a stop token or string), "length" (max_new_tokens, or the backbone's position
+limit), "cancelled" (its caller gave up: `Engine.cancel`) or "aborted" (the server stopped or
+failed). Every finish reason generate, eval and serve report is this one.
+"""
 
 from __future__ import annotations
 
+import enum
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -41,6 +48,16 @@ class GenerationResult:
     mode: str
     stats: GenerationStats
     token_ids: list[int]  # generated ids, a final EOS excluded
+    finish_reason: str | None = None  # one of FINISH_REASONS (None: not finished yet)
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+FINISH_REASONS = ("stop", "length", "cancelled", "aborted")
 
 
 def stop_ids(tokenizer) -> set[int]:
@@ -62,20 +79,20 @@ class Request:
     prompt: Prompt
     config: object  # a GenerationConfig
     options: ChunkOptions
+    chunker: object  # a chunking.Chunker: where response chunks close (gcc), and their page text
+    stop_ids: set[int]  # tokens that end it (none when forced or ignore_eos)
+    generator: torch.Generator | None  # its own sampling generator when seeded
     forced: list[int] | None = None  # teacher-forced tokens instead of sampling (`score`)
     keep_logits: bool = False  # keep the logits that chose each token in `kept`
     stats: GenerationStats = field(default_factory=GenerationStats)
-    stop_ids: set[int] = field(default_factory=set)
-    generator: torch.Generator | None = None
-    chunker: object = None  # a chunking.Chunker: where response chunks close (gcc), and their page text
-    slot: int = -1
+    status: Status = Status.WAITING
+    finish_reason: str | None = None  # set when it finishes, one of FINISH_REASONS
+    slot: int | None = None  # its slot of the KV store while running
     base: int = 0  # next persistent position
     offset: int = 0  # transient chunk tokens in the cache, on top of `base`
     output: list[int] = field(default_factory=list)
     logits: torch.Tensor | None = None  # (V,) fp32 logits of the next token
     kept: list[torch.Tensor] = field(default_factory=list)
-    finished: bool = False
-    cancelled: bool = False
     added_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
 
@@ -87,6 +104,20 @@ class Request:
         self.steps = len(self.forced) if self.forced is not None else config.max_new_tokens
         self.longest_stop = max((len(s) for s in config.stop_strings), default=0)
         self._chars = self._pages = 0  # characters and pages of the response's compressed chunks
+
+    @property
+    def finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+    def start(self, slot: int) -> None:
+        self.status, self.slot = Status.RUNNING, slot
+
+    def end(self, reason: str) -> None:
+        """Finished for `reason` (the first reason stands)."""
+        if reason not in FINISH_REASONS:
+            raise ValueError(f"unknown finish reason {reason!r}")
+        if self.status is not Status.FINISHED:
+            self.status, self.finish_reason = Status.FINISHED, reason
 
     def check_positions(self, llm_config) -> None:
         limit = getattr(llm_config, "max_position_embeddings", None)
@@ -121,16 +152,17 @@ class Request:
         self.stats.generated_tokens += 1
         added = []
         if token in self.stop_ids:
-            self.finished = True
+            self.end("stop")
         else:
             self.output.append(token)
             self.history.append(token)
             added.append(token)
             if self.longest_stop:
                 tail = tokenizer.decode(self.output[-(4 * self.longest_stop + 4) :], skip_special_tokens=True)
-                self.finished = cut_at_stop(tail, self.config.stop_strings)[1]
+                if cut_at_stop(tail, self.config.stop_strings)[1]:
+                    self.end("stop")
         if self.stats.generated_tokens >= self.steps:
-            self.finished = True
+            self.end("length")
         return added
 
     def overflows(self, token: int) -> bool:
@@ -165,11 +197,10 @@ class Request:
         self.stats.kv_bytes_peak = max(self.stats.kv_bytes_peak, kv.nbytes())
 
     def finish(self, kv) -> None:
-        """Final statistics, when the request leaves the engine."""
-        self.finished = True
+        """Final statistics, when the finished request leaves the engine (its slot not yet freed)."""
         end = time.perf_counter()
         stats = self.stats
-        stats.kv_tokens_final = kv.lengths[self.slot] if self.slot >= 0 else 0
+        stats.kv_tokens_final = kv.lengths[self.slot] if self.slot is not None else 0
         stats.kv_tokens_full_text = self.prompt.full_text_tokens + stats.generated_tokens
         stats.pages_refit += self.prompt.pages_refit
         stats.chunks_split += self.prompt.chunks_split
@@ -184,4 +215,4 @@ class Request:
 
     def result(self, tokenizer) -> GenerationResult:
         text, _ = cut_at_stop(tokenizer.decode(self.output, skip_special_tokens=True), self.config.stop_strings)
-        return GenerationResult(text, self.config.mode, self.stats, list(self.output))
+        return GenerationResult(text, self.config.mode, self.stats, list(self.output), self.finish_reason)

@@ -147,7 +147,8 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
                     record = {
                         "id": sample.id, "task": sample.task, "length": sample.length, "mode": mode,
                         "prediction": result.text, "references": list(sample.references),
-                        "scores": score(sample, result.text), "stats": result.stats.as_dict(),
+                        "scores": score(sample, result.text), "finish_reason": result.finish_reason,
+                        "stats": result.stats.as_dict(),
                     }
                     done[run_folder.key(record)] = record
                     if sink is not None:

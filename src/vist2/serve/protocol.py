@@ -210,7 +210,8 @@ def usage(requests, tokenizer) -> dict:
 
 
 def finish_reason(request) -> str:
-    return "length" if len(request.output) >= request.config.max_new_tokens else "stop"
+    """The request's own finish reason (`vist2.request`)."""
+    return request.finish_reason
 
 
 def envelope(kind: str, ident: str, model: str, choices: list, **extra) -> dict:
