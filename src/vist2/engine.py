@@ -73,6 +73,7 @@ class Engine:
         self.options = options or chunk_options(model, self.renderer)
         self.max_batch = max_batch
         self.kv = KVStore(model.llm.config, model.device, model.dtype)
+        self.max_positions = getattr(model.llm.config, "max_position_embeddings", None) or None
         self.rows: list[Request] = []  # running, row i in slot i
         self.waiting: list[Request] = []
         self._lock = threading.Lock()
@@ -135,19 +136,25 @@ class Engine:
         feed, complete = [], []
         for request, token in zip(list(self.rows), tokens):
             if request.overflows(token):  # fill: compress the full page first, then pick again
-                complete.append((request, Event(request, [])))
-                events.append(complete[-1][1])
+                event = Event(request, [])
+                events.append(event)
+                if self._within_limit(request, request.base + self.options.beta):
+                    complete.append((request, event))
+                event.finished = request.finished
                 continue
             event = Event(request, request.accept(token, self.tokenizer))
             events.append(event)
-            if request.finished:
+            done = False
+            if not request.finished and request.config.mode == "gcc":
+                done = request.add_to_chunk(token)
+            fed = not done or request.options.visual_sees_text  # else nothing will ever see it
+            end = request.base + request.offset + fed  # positions the next forwards take
+            if done:
+                end = max(end, request.base + self.options.beta)
+            if request.finished or not self._within_limit(request, end):
                 event.finished = True
                 continue
-            if request.config.mode != "gcc":
-                feed.append(request)
-                continue
-            done = request.add_to_chunk(token)
-            if not done or request.options.visual_sees_text:  # else nothing will ever see it
+            if fed:
                 feed.append(request)
             if done:
                 complete.append((request, event))
@@ -158,6 +165,14 @@ class Engine:
         for request in [r for r in self.rows if r.finished]:
             self._leave(request)
         return events
+
+    def _within_limit(self, request: Request, end: int) -> bool:
+        """Whether positions [0, end) fit the backbone; if not the request finishes ("length")
+        where it is: fill chunks vary, so a gcc row's positions are known only as they close."""
+        if self.max_positions is None or end <= self.max_positions:
+            return True
+        request.end("length")
+        return False
 
     def _query_ids(self, query: str | list[int]) -> list[int]:
         if isinstance(query, str):

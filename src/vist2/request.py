@@ -120,10 +120,14 @@ class Request:
             self.status, self.finish_reason = Status.FINISHED, reason
 
     def check_positions(self, llm_config) -> None:
+        """Refuse a request that cannot fit the backbone's positions even at best (fill: chunks of
+        max_tokens); a gcc fill row that runs out of positions later finishes "length" there."""
         limit = getattr(llm_config, "max_position_embeddings", None)
         if not limit:
             return
-        K, beta, n, mode = self.options.chunk_tokens, self.options.beta, self.steps, self.config.mode
+        fill = self.chunker.fill
+        K = fill.max_tokens if fill is not None else self.options.chunk_tokens
+        beta, n, mode = self.options.beta, self.steps, self.config.mode
         response = (n // K) * beta + min(n, K) if mode == "gcc" else n
         if self.prompt.positions + response > limit:
             raise Vist2Error(
