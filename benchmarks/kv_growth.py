@@ -4,8 +4,9 @@ decode tokens/s, one request of N generated tokens (greedy, ignore_eos) on the t
 "before" is the code of one commit (`--before`, default 59b000a: the store grew by 32 entries,
 each time a copy of it), "after" of another (`--after`, default HEAD), each exported with
 `git archive` into a temporary folder and run in a subprocess. Each case runs before then
-after, one process each, so both see the same load; a process loads the model, warms up,
-then times one request.
+after, one process each, `--repeats` times alternating, so both see the same load; a process
+loads the model, warms up, then times one request: wall time and the process's CPU time
+(less sensitive to other jobs on a shared machine). Figures are medians over the repeats.
 
     python benchmarks/kv_growth.py --after fc96ea1 --tokens 1024 4096 16384 --out benchmarks/kv_growth.json
 """
@@ -17,6 +18,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,13 +61,14 @@ def measure(mode: str, tokens: int) -> dict:
 
     run(64)  # warm-up
     counted.update(reallocations=0, bytes_copied=0)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     engine, request = run(tokens)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     if hasattr(engine.kv, "bytes_copied"):
         counted = {"reallocations": engine.kv.reallocations, "bytes_copied": engine.kv.bytes_copied}
     stats = request.stats
     return {**counted, "generated_tokens": stats.generated_tokens, "decode_s": stats.decode_s, "wall_s": wall,
+            "cpu_s": cpu, "tokens_per_cpu_s": stats.generated_tokens / cpu,
             "decode_tokens_per_s": (stats.generated_tokens - 1) / stats.decode_s,
             "kv_tokens_peak": stats.kv_tokens_peak, "kv_bytes_peak": stats.kv_bytes_peak}
 
@@ -84,6 +87,7 @@ def main() -> None:
     parser.add_argument("--after", default="HEAD", help="commit whose store is measured against it")
     parser.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--modes", nargs="+", default=["text", "gcc"])
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     rows = []
@@ -97,13 +101,16 @@ def main() -> None:
             sources[name] = Path(folder) / name / "src"
         for mode in args.modes:
             for tokens in args.tokens:
-                row = {"mode": mode, "tokens": tokens}
-                for name, source in sources.items():
-                    row[name] = child(source, mode, tokens)
-                row["decode_speedup"] = row["after"]["decode_tokens_per_s"] / row["before"]["decode_tokens_per_s"]
-                print(json.dumps({k: row[k] for k in ("mode", "tokens", "decode_speedup")}),
-                      {n: (row[n]["bytes_copied"], round(row[n]["decode_tokens_per_s"])) for n in sources},
-                      flush=True)
+                runs = {name: [] for name in sources}
+                for _ in range(args.repeats):
+                    for name, source in sources.items():
+                        runs[name].append(child(source, mode, tokens))
+                row = {"mode": mode, "tokens": tokens, "runs": runs}
+                for name in sources:
+                    row[name] = {key: statistics.median(run[key] for run in runs[name]) for key in runs[name][0]}
+                for ratio, key in (("decode_speedup", "decode_tokens_per_s"), ("cpu_speedup", "tokens_per_cpu_s")):
+                    row[ratio] = row["after"][key] / row["before"][key]
+                print(json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)
                 rows.append(row)
     result = {"command": "python " + shlex.join(sys.argv), "before": args.before, "after": args.after,
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads 1; "
