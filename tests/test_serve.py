@@ -48,7 +48,9 @@ def server():
     from vist2.serve.protocol import Limits
 
     model, tokenizer = load_model(preset_name="tiny")
-    engine = Engine(model, tokenizer, max_batch=4)
+    from vist2.serve.command import PREFILL_CHUNK_TOKENS
+
+    engine = Engine(model, tokenizer, max_batch=4, prefill_tokens=PREFILL_CHUNK_TOKENS)  # serve's default
     app = create_app(engine, tokenizer, Renderer(model.config.render), "tiny", "gcc", Limits(400, 3000, 16), 16)
     port = free_port()
     instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -213,12 +215,16 @@ def test_cli_serves_and_stops_cleanly_on_sigterm(tmp_path, capsys):
 
     assert main(["serve", "--preset", "tiny", "--mode", "zip"]) == 2
     assert "--mode must be one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # argparse: one line, exit 2
+        main(["serve", "--preset", "tiny", "--prefill-chunk-tokens", "-1"])
+    assert refused.value.code == 2 and "--prefill-chunk-tokens: must be >= 0" in capsys.readouterr().err
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, "-m", "vist2", "serve", "--preset", "tiny", "--port", str(port),
-                                    "--mode", "text", "--threads", "1", "--chunk-tokens", "32"],
+                                    "--mode", "text", "--threads", "1", "--chunk-tokens", "32",
+                                    "--prefill-chunk-tokens", "16"],
                                    stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         base = f"http://127.0.0.1:{port}"

@@ -29,7 +29,7 @@ from vist2.errors import Vist2Error
 from vist2.kvstore import KVStore
 from vist2.options import ChunkOptions, chunk_options
 from vist2.prompt import build_prompt
-from vist2.request import Request, stop_ids
+from vist2.request import Request, Status, stop_ids
 
 
 @dataclass
@@ -58,7 +58,7 @@ def prefill_groups(joining: list[Request]) -> list[list[Request]]:
 
 class Engine:
     def __init__(self, model, tokenizer, renderer=None, options: ChunkOptions | None = None,
-                 max_batch: int | None = None):
+                 max_batch: int | None = None, prefill_tokens: int | None = None):
         from vist2.render import Renderer
 
         implementation = getattr(model.llm.config, "_attn_implementation", "sdpa")
@@ -68,13 +68,17 @@ class Engine:
                              "Vist2Model.from_pretrained(DIR, changes={'attn_implementation': 'sdpa'}) (same weights)")
         if max_batch is not None and max_batch < 1:
             raise Vist2Error(f"max_batch must be >= 1, got {max_batch}")
+        if prefill_tokens is not None and (isinstance(prefill_tokens, bool) or not isinstance(prefill_tokens, int)
+                                           or prefill_tokens < 1):
+            raise Vist2Error(f"prefill_tokens must be a positive integer or None, got {prefill_tokens!r}")
         self.model, self.tokenizer = model, tokenizer
         self.renderer = renderer or Renderer(model.config.render)
         self.options = options or chunk_options(model, self.renderer)
         self.max_batch = max_batch
+        self.prefill_tokens = prefill_tokens  # prompt positions prefilled per step (None: whole prompts)
         self.kv = KVStore(model.llm.config, model.device, model.dtype)
         self.max_positions = getattr(model.llm.config, "max_position_embeddings", None) or None
-        self.rows: list[Request] = []  # running, row i in slot i
+        self.rows: list[Request] = []  # prefilling or running, row i in slot i
         self.waiting: list[Request] = []
         self._lock = threading.Lock()
         self._cancels: dict[Request, str] = {}  # asked for by `cancel`, done at the next step
@@ -130,11 +134,13 @@ class Engine:
     def step(self) -> list[Event]:
         events = self._cancel()
         self._admit()
-        if not self.rows:
+        self._prefill()
+        running = [r for r in self.rows if r.status is Status.RUNNING]
+        if not running:
             return events
-        tokens = self._choose()
+        tokens = self._choose(running)
         feed, complete = [], []
-        for request, token in zip(list(self.rows), tokens):
+        for request, token in zip(running, tokens):
             if request.overflows(token):  # fill: compress the full page first, then pick again
                 event = Event(request, [])
                 events.append(event)
@@ -211,31 +217,60 @@ class Engine:
         for request, slot in zip(joining, self.kv.add_slots([r.kv_need() for r in joining])):
             request.start(slot)
             self.rows.append(request)
-        for group in prefill_groups(joining):
-            started = time.perf_counter()
-            first = group[0]
-            options, encode = first.options, lambda texts: self._encode(texts, group)
-            if first.prompt.positions > decode.PREFILL_TOKENS:  # alone: in pieces, as memory allows
-                logits, _ = decode.prefill(self.model, self.kv, first.slot, first.prompt.segments,
-                                           options.chunk_tokens, options.bidirectional_visual, encode)
-                logits = logits[None]
-            else:
-                logits = decode.prefill_rows(self.model, self.kv, [r.slot for r in group],
-                                             [r.prompt.segments for r in group], options.bidirectional_visual, encode)
-            for request, row_logits in zip(group, logits):
-                request.logits, request.base = row_logits, request.prompt.positions
-                request.stats.prefill_s = time.perf_counter() - started
-                request.measure(self.kv)
 
-    def _choose(self) -> list[int]:
+    def _prefill(self) -> None:
+        """Prompts into their slots, oldest first: a short one whole (several per forward), a long
+        one in pieces. With `prefill_tokens`, at most that many positions this step (at least one
+        piece), so running rows keep decoding while a long prompt goes in over several steps."""
+        left = self.prefill_tokens if self.prefill_tokens is not None else float("inf")
+        whole = []
+        for request in sorted((r for r in self.rows if r.status is Status.PREFILL), key=lambda r: r.id):
+            if left <= 0:
+                break
+            if request.cursor is None and request.prompt.positions <= min(left, decode.PREFILL_TOKENS):
+                whole.append(request)
+                left -= request.prompt.positions
+                continue
+            request.cursor = request.cursor or decode.PromptCursor(request.prompt.segments)
+            left -= self._prefill_pieces(request, left)
+        for group in prefill_groups(whole):
+            started = time.perf_counter()
+            logits = decode.prefill_rows(self.model, self.kv, [r.slot for r in group],
+                                         [r.prompt.segments for r in group], group[0].options.bidirectional_visual,
+                                         lambda texts: self._encode(texts, group))
+            for request, row_logits in zip(group, logits):
+                request.stats.prefill_s += time.perf_counter() - started
+                request.prefilled(row_logits, self.kv)
+
+    def _prefill_pieces(self, request: Request, left: float) -> int:
+        """Pieces of one prompt up to `left` positions (unlimited: text in K-token pieces and pages
+        PAGE_BATCH at a time, as `bench.bounds` counts them); returns the positions fed."""
+        started, cursor, options, used = time.perf_counter(), request.cursor, request.options, 0
+        text_piece = options.chunk_tokens if self.prefill_tokens is None else decode.PREFILL_TOKENS
+        while not cursor.done and used < left:
+            pages = cursor.segments[cursor.index][0] == "pages"
+            if pages and used and left - used < options.beta:
+                break
+            before = cursor.base
+            request.logits = decode.prefill_piece(
+                self.model, self.kv, request.slot, cursor,
+                min(left - used, decode.PAGE_BATCH * options.beta if pages else text_piece), options.beta,
+                options.bidirectional_visual, lambda texts: self._encode(texts, [request]))
+            used += cursor.base - before
+        request.stats.prefill_s += time.perf_counter() - started
+        if cursor.done:
+            request.prefilled(request.logits, self.kv)
+        return used
+
+    def _choose(self, rows: list[Request]) -> list[int]:
         """One token per running row: forced, greedy (batched) or sampled (per row)."""
         from vist2.sampling import sample
 
         vocabulary = len(self.tokenizer)  # the embedding matrix may be padded beyond it
-        logits = torch.stack([r.logits for r in self.rows])[:, :vocabulary]
+        logits = torch.stack([r.logits for r in rows])[:, :vocabulary]
         greedy = logits.argmax(-1).tolist()
         tokens = []
-        for index, request in enumerate(self.rows):
+        for index, request in enumerate(rows):
             if request.forced is not None:
                 tokens.append(request.forced[request.stats.generated_tokens])
             elif request.plain_greedy:

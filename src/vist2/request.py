@@ -1,6 +1,7 @@
 """One generation request: its prompt, options, status, per-row decoding state and statistics.
 
-A request is waiting (queued), running (it holds a slot of the KV store) or finished, with a
+A request is waiting (queued), prefilling (it holds a slot of the KV store, its prompt going
+in, maybe in pieces over several steps), running (decoding) or finished, with a
 reason: "stop" (a stop token or string), "length" (max_new_tokens, or the backbone's position
 limit), "cancelled" (its caller gave up: `Engine.cancel`) or "aborted" (the server stopped or
 failed). Every finish reason generate, eval and serve report is this one.
@@ -53,6 +54,7 @@ class GenerationResult:
 
 class Status(enum.Enum):
     WAITING = "waiting"
+    PREFILL = "prefill"
     RUNNING = "running"
     FINISHED = "finished"
 
@@ -87,7 +89,8 @@ class Request:
     stats: GenerationStats = field(default_factory=GenerationStats)
     status: Status = Status.WAITING
     finish_reason: str | None = None  # set when it finishes, one of FINISH_REASONS
-    slot: int | None = None  # its slot of the KV store while running
+    slot: int | None = None  # its slot of the KV store while prefilling and running
+    cursor: object = None  # a decode.PromptCursor while its prompt goes in piece by piece
     base: int = 0  # next persistent position
     offset: int = 0  # transient chunk tokens in the cache, on top of `base`
     output: list[int] = field(default_factory=list)
@@ -110,7 +113,12 @@ class Request:
         return self.status is Status.FINISHED
 
     def start(self, slot: int) -> None:
-        self.status, self.slot = Status.RUNNING, slot
+        self.status, self.slot = Status.PREFILL, slot
+
+    def prefilled(self, logits: torch.Tensor, kv) -> None:
+        """Its prompt is in the cache: it decodes from the logits of the prompt's last token."""
+        self.status, self.cursor, self.logits, self.base = Status.RUNNING, None, logits, self.prompt.positions
+        self.measure(kv)
 
     def end(self, reason: str) -> None:
         """Finished for `reason` (the first reason stands)."""
