@@ -62,7 +62,8 @@ def scenario(model, tokenizer, budget, args, mode: str) -> dict:
         alone, _ = first_token(engine, engine.add(joining, GenerationConfig(mode=mode, max_new_tokens=4)))
         for _ in engine.run():
             pass
-    streams = [engine.add(STREAM * (1 + i % 3), GenerationConfig(mode="text", max_new_tokens=4000, ignore_eos=True))
+    streams = [engine.add(STREAM * (1 + i % 3), GenerationConfig(mode="text", max_new_tokens=args.stream_tokens,
+                                                              ignore_eos=True))
                for i in range(args.streams)]
     while any(r.status is not Status.RUNNING for r in streams):
         engine.step()
@@ -92,6 +93,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--prompt-tokens", type=int, default=8000)
     parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--stream-tokens", type=int, default=4000, help="max new tokens of each stream (room for the run)")
     parser.add_argument("--quiet-steps", type=int, default=100)
     parser.add_argument("--budgets", default="none,128,256,512")
     parser.add_argument("--modes", default="text,pcc", help="modes of the joining prompt")
@@ -106,10 +108,14 @@ def main() -> None:
         for budget in budgets:
             rows.append(scenario(model, tokenizer, budget, args, mode))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "stream_tokens"}), flush=True)
+            write(args, rows, load_before)  # what is measured so far survives an interrupted run
+
+
+def write(args, rows: list[dict], load_before) -> None:
     for row in rows:
-        whole = next(r for r in rows if r["join_mode"] == row["join_mode"] and r["budget"] is None)
-        row["ttft_over_whole"] = row["ttft_s"] / whole["ttft_s"]
-        row["targets_met"] = row["p99_over_quiet_median"] <= 3 and row["ttft_over_whole"] <= 1.5
+        whole = next((r for r in rows if r["join_mode"] == row["join_mode"] and r["budget"] is None), None)
+        row["ttft_over_whole"] = row["ttft_s"] / whole["ttft_s"] if whole else None
+        row["targets_met"] = bool(whole) and row["p99_over_quiet_median"] <= 3 and row["ttft_over_whole"] <= 1.5
     record = {"command": "PYTHONPATH=src python " + shlex.join(sys.argv), "torch": torch.__version__,
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs, torch threads 1",
               "load_average_before": load_before, "load_average_after": os.getloadavg(), "rows": rows}
