@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from vist2.chunking import split_chunks
 from vist2.kvstore import KVStore
 
 PAGE_BATCH = 8  # query pages rendered and encoded per forward during a long prompt's prefill
