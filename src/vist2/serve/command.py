@@ -5,7 +5,7 @@ from __future__ import annotations
 from vist2.errors import Vist2Error
 from vist2.inputs import check_device, integer
 
-PREFILL_CHUNK_TOKENS = 256  # see benchmarks/serve.md, "A long prompt joining running streams"
+PREFILL_CHUNK_TOKENS = 32  # measured on smollm2-135m: benchmarks/serve.md, "A long prompt joining running streams"
 
 
 def add_serve(commands) -> None:
