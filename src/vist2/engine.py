@@ -1,10 +1,13 @@
 """The generation engine: requests with their own state join and leave a running batch.
 
-Each `Request` carries its mode (text, pcc, gcc), sampling options, chunk options, prompt
-and chunk phase. `Engine.step` admits waiting requests (prefill into a free slot of the
-`KVStore`), picks one token for every running request, feeds them in one batched forward,
-compresses each gcc row's chunk when its own K tokens are complete, and frees the slots of
-finished requests. `add` and `cancel` may be called between steps, or from another thread.
+Each `Request` carries its mode (text, pcc, gcc), sampling options, chunk options, prompt,
+status and chunk phase. `Engine.step` finishes cancelled requests, admits waiting ones (a
+slot of the `KVStore` with room for their need), prefills prompts (whole, or with
+`prefill_tokens` at most that many positions per step, so running rows keep decoding while a
+long prompt goes in), picks one token for every running request (`_choose`, per row), feeds
+them in one batched forward, compresses each gcc row's chunk when it closes, finishes a row
+whose next forward would pass the backbone's position limit ("length"), and frees the slots
+of finished requests. `add` and `cancel` may be called between steps, or from another thread.
 
     engine = Engine(model, tokenizer)
     request = engine.add("Summarise ...", GenerationConfig(mode="gcc"))
