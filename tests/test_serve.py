@@ -55,7 +55,9 @@ def start_server(access=None, read_timeout: float = 2.0, **limits):
 
     torch.set_num_threads(1)
     model, tokenizer = load_model(preset_name="tiny")
-    engine = Engine(model, tokenizer, max_batch=4)
+    from vist2.serve.command import PREFILL_CHUNK_TOKENS
+
+    engine = Engine(model, tokenizer, max_batch=4, prefill_tokens=PREFILL_CHUNK_TOKENS)  # serve's default
     settings = {"max_prompt_tokens": 400, "max_tokens": None, "default_max_tokens": 16, "default_temperature": 1.0,
                 **limits}
     access = access or Access(default_hosts("127.0.0.1"), [], None, read_timeout)
@@ -239,7 +241,7 @@ def test_disconnect_frees_the_row_at_once(server):
     deadline = time.time() + 5
     while worker.engine.rows and time.time() < deadline:
         time.sleep(0.02)
-    assert not worker.engine.rows and row.cancelled and len(row.output) < 3000
+    assert not worker.engine.rows and row.finish_reason == "cancelled" and len(row.output) < 3000
     with pytest.raises(httpx.ReadTimeout):  # a plain (not streamed) answer the client gave up on
         httpx.post(base + "/v1/chat/completions", json={**body, "stream": False}, timeout=0.5)
     deadline = time.time() + 5
@@ -273,13 +275,17 @@ def test_cli_serves_and_aborts_streams_when_the_sigterm_grace_ends(tmp_path, cap
 
     assert main(["serve", "--preset", "tiny", "--mode", "zip"]) == 2
     assert "--mode must be one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # argparse: one line, exit 2
+        main(["serve", "--preset", "tiny", "--prefill-chunk-tokens", "-1"])
+    assert refused.value.code == 2 and "--prefill-chunk-tokens: must be >= 0" in capsys.readouterr().err
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, "-m", "vist2", "serve", "--preset", "tiny", "--port", str(port),
                                     "--mode", "text", "--threads", "1", "--chunk-tokens", "32",
-                                    "--shutdown-timeout", "1"], stdout=out, stderr=subprocess.STDOUT, env=env)
+                                    "--shutdown-timeout", "1", "--prefill-chunk-tokens", "16"],
+                                   stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_healthy(base)

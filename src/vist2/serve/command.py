@@ -9,6 +9,8 @@ import os
 from vist2.errors import Vist2Error
 from vist2.inputs import check_device, integer
 
+PREFILL_CHUNK_TOKENS = 32  # measured on smollm2-135m: benchmarks/serve.md, "A long prompt joining running streams"
+
 
 def number(low: float, high: float):
     """An argparse type: a number in [low, high] (NaN and infinities refused)."""
@@ -43,6 +45,9 @@ def add_serve(commands) -> None:
     parser.add_argument("--mode", default="gcc", help="mode of requests that name none: gcc, pcc or text (default gcc)")
     parser.add_argument("--served-model-name", help="model name clients use (default: the preset or folder name)")
     parser.add_argument("--max-batch", type=integer(1), default=16, help="most requests decoded together (default 16)")
+    parser.add_argument("--prefill-chunk-tokens", type=integer(0), default=PREFILL_CHUNK_TOKENS,
+                        help="prompt positions prefilled per engine step, between decoding steps, so a long "
+                             f"prompt does not stall running streams; 0 = each prompt whole (default {PREFILL_CHUNK_TOKENS})")
     parser.add_argument("--max-queue", type=integer(0), default=64,
                         help="most requests waiting for a row; beyond it 429 with Retry-After (default 64)")
     parser.add_argument("--max-prompt-tokens", type=integer(1),
@@ -106,7 +111,8 @@ def serve(args) -> int:
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
     renderer = Renderer(model.config.render)
     options = chunk_options(model, renderer, chunk_tokens=args.chunk_tokens, **chunking_args(args))
-    engine = Engine(model, tokenizer, renderer, options, max_batch=args.max_batch)
+    engine = Engine(model, tokenizer, renderer, options, max_batch=args.max_batch,
+                    prefill_tokens=args.prefill_chunk_tokens or None)
     name = args.served_model_name or args.preset or Path(args.model).resolve().name
     limits = server_limits(model, tokenizer, args.max_prompt_tokens, args.max_tokens, args.default_max_tokens,
                            args.default_temperature)

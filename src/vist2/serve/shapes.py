@@ -26,10 +26,9 @@ def usage(requests, prompt_tokens: int) -> dict:
 
 
 def finish_reason(request) -> str:
-    """length, stop, or abort (cancelled by the server: a shutdown's grace period ran out)."""
-    if request.cancelled:
-        return "abort"
-    return "length" if len(request.output) >= request.config.max_new_tokens else "stop"
+    """The request's own reason (`vist2.request`) as vLLM names them: stop, length, or abort
+    (cancelled or aborted: its client left, or a shutdown's grace period ran out)."""
+    return "abort" if request.finish_reason in ("cancelled", "aborted") else request.finish_reason
 
 
 class Logprobs:

@@ -84,7 +84,7 @@ class Worker:
         with self._lock:
             self._stopping = True
         for request in list(self._queues):
-            self.engine.cancel(request)
+            self.engine.cancel(request, "aborted")
         self._wake.set()
         self.thread.join(timeout=30)
 
@@ -102,7 +102,7 @@ class Worker:
 
     def _fail(self, error: Exception) -> None:
         for request, (loop, queue) in list(self._queues.items()):
-            self.engine.cancel(request)
+            self.engine.cancel(request, "aborted")
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, error)
             except RuntimeError:
