@@ -36,6 +36,12 @@ quickstart: setup
 test: setup
 	VIST2_LOCK=$(LOCK) $(BIN)/python -m pytest
 
+# The serve page in headless Chromium (needs: apt-get install -y chromium chromium-driver);
+# CI=true makes a missing chromium fail the test instead of skipping it.
+test-browser: setup
+	$(BIN)/pip install -q -c $(LOCK) -e ".[browser]"
+	CI=true $(BIN)/python -m pytest -m slow tests/test_serve_browser.py
+
 # A deliberate change: re-resolve every pin, then run the suite before committing the new lock.
 lock:
 	$(PYTHON) -m venv .venv-lock
@@ -58,4 +64,4 @@ test-latest:
 comma := ,
 space := $(empty) $(empty)
 
-.PHONY: setup quickstart test lock test-latest
+.PHONY: setup quickstart test test-browser lock test-latest
