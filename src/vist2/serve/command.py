@@ -28,7 +28,9 @@ def add_serve(commands) -> None:
                         help="tokens generated when a request names no max_tokens (default 256)")
     parser.add_argument("--shutdown-timeout", type=integer(0), default=10,
                         help="seconds SIGTERM waits for requests in flight before cancelling them (default 10)")
-    parser.add_argument("--threads", type=integer(1), help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=integer(1),
+                        help="torch CPU threads (default: torch's own count minus one, left to the event loop, "
+                             "at least 1; 1 on 2 cores, measured in benchmarks/serve.md)")
     parser.set_defaults(run=serve)
 
 
@@ -58,8 +60,7 @@ def serve(args) -> int:
     from vist2.render import Renderer
     from vist2.serve.protocol import Limits
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or default_threads(torch.get_num_threads()))
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
     renderer = Renderer(model.config.render)
     options = chunk_options(model, renderer, chunk_tokens=args.chunk_tokens, **chunking_args(args))
@@ -74,6 +75,12 @@ def serve(args) -> int:
     print(f"vist2 serve: {name} on http://{args.host}:{args.port} (page at /, API at /v1)", flush=True)
     server.run()
     return 0
+
+
+def default_threads(torch_threads: int) -> int:
+    """torch threads when --threads is not given: one core left to the event loop, HTTP and
+    tokenization (more threads than free cores spin against them: benchmarks/serve.md)."""
+    return max(1, torch_threads - 1)
 
 
 def _server_class():
