@@ -61,7 +61,9 @@ def add_serve(commands) -> None:
     parser.add_argument("--shutdown-timeout", type=integer(0), default=10,
                         help="seconds SIGTERM waits for requests in flight; then their answers end with "
                         "finish_reason abort (default 10)")
-    parser.add_argument("--threads", type=integer(1), help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=integer(1),
+                        help="torch CPU threads (default: torch's own count minus one, left to the event loop, "
+                             "at least 1; 1 on 2 cores, measured in benchmarks/serve.md)")
     parser.add_argument("--api-key", default=os.environ.get("VIST2_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on every /v1 route (default: $VIST2_API_KEY; "
                         "none: open)")
@@ -106,8 +108,7 @@ def serve(args) -> int:
     from vist2.options import chunk_options
     from vist2.render import Renderer
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or default_threads(torch.get_num_threads()))
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
     renderer = Renderer(model.config.render)
     options = chunk_options(model, renderer, chunk_tokens=args.chunk_tokens, **chunking_args(args))
@@ -170,6 +171,12 @@ def system_fingerprint(name: str, model, options) -> str:
         release = "dev"
     described = repr((name, release, model.config.preset, str(model.dtype), options))
     return "fp_" + hashlib.sha256(described.encode()).hexdigest()[:10]
+
+
+def default_threads(torch_threads: int) -> int:
+    """torch threads when --threads is not given: one core left to the event loop, HTTP and
+    tokenization (more threads than free cores spin against them: benchmarks/serve.md)."""
+    return max(1, torch_threads - 1)
 
 
 def _server_class():
