@@ -45,7 +45,8 @@ def start_server(chunk_tokens: int | None = None):
     model, tokenizer = load_model(preset_name="tiny")
     renderer = Renderer(model.config.render)
     engine = Engine(model, tokenizer, renderer, chunk_options(model, renderer, chunk_tokens=chunk_tokens))
-    app = create_app(engine, tokenizer, renderer, "tiny", "gcc", server_limits(model, tokenizer, 1000, 1000, 256, 1.0), 8)
+    limits = server_limits(model, tokenizer, 1000, 4000, 256, 0.0)  # greedy by default: the pages are known
+    app = create_app(engine, tokenizer, renderer, "tiny", "gcc", limits, 8)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
