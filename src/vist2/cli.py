@@ -435,7 +435,7 @@ def _add_quickstart(commands) -> None:
 
 
 def _quickstart(args) -> int:
-    from vist2.train.quickstart import quickstart, read_back_table, table
+    from vist2.quickstart import quickstart, read_back_table, table
 
     results = quickstart(args.output, args.minutes, args.steps, args.eval_chunks, args.eval_windows, args.seed,
                          args.progress_bar, args.threads)

@@ -122,7 +122,7 @@ def _available_bytes(device: str) -> int | None:
 
 def check_memory(config, name: str, device: str) -> None:
     """Refuse, before allocating, a preset whose fp32 weights alone exceed the memory available."""
-    from vist2.bench.flops import meta_model
+    from vist2.model import meta_model
 
     needed = sum(p.numel() for p in meta_model(config).parameters()) * 4
     available = _available_bytes(device)

@@ -21,8 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vist2 import jsonl_files
 from vist2.errors import Vist2Error
-from vist2.eval import jsonl_files
 from vist2.eval.sample import Row
 
 if TYPE_CHECKING:  # torch and the renderer load only when a run starts: `vist2 --help` stays instant
@@ -106,7 +106,7 @@ def held_out_chunks(tokenizer, documents: list[str], chunk_tokens: int, count: i
 
 
 def _read(model, tokenizer, chunks: list[list[int]], pages: torch.Tensor) -> list[str]:
-    from vist2.train.evaluate import ocr_transcribe
+    from vist2.eval.reading import ocr_transcribe
 
     read = ocr_transcribe(model, pages, max(len(chunk) for chunk in chunks))
     return [tokenizer.decode(ids[: len(chunk)]) for ids, chunk in zip(read, chunks)]
@@ -118,7 +118,7 @@ def evaluate(model, tokenizer, chunks: list[list[int]], renderer: Renderer, task
     import torch
 
     from vist2.render import TextDoesNotFit
-    from vist2.train.evaluate import levenshtein, ocr_bits_per_char, rouge_l
+    from vist2.eval.reading import levenshtein, ocr_bits_per_char, rouge_l
 
     texts, kept = [], []
     for chunk in chunks:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vist2 import stages
+from vist2 import jsonl_files, stages
 from vist2.chunking import split_chunks
 from vist2.errors import Vist2Error
 from vist2.prompt import Prompt, build_prompt, chat_parts, response_positions
@@ -58,9 +58,7 @@ def data_files(paths: tuple[str, ...]) -> list[Path]:
 
 def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
     """Records of a training JSONL file (any size; lines bounded, NaN/Infinity refused)."""
-    from vist2.eval.jsonl_files import records
-
-    for number, record in records(path, max_file_bytes=None):
+    for number, record in jsonl_files.records(path, max_file_bytes=None):
         record["_where"], record["_base"] = f"{path}, line {number}", path.parent
         yield record
 
