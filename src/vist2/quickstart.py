@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from vist2.chunking import full_chunks
 from vist2.config import ChunkConfig, LLMConfig, VisionConfig, Vist2Config
 from vist2.errors import Vist2Error
 from vist2.eval import ocr as ocr_eval
@@ -179,7 +180,7 @@ def read_back(model, tokenizer, text: str, renderer) -> dict:
     the model then reads every page back from its visual tokens alone (greedy, one page at a time)."""
     K, beta = model.config.chunk.chunk_tokens, model.config.visual_tokens
     ids = tokenizer.encode(text, add_special_tokens=False)
-    chunks = [ids[i : i + K] for i in range(0, len(ids) - K + 1, K)]
+    chunks = full_chunks(ids, K)
     pages = [tokenizer.decode(chunk) for chunk in chunks]
     read = reading.ocr_transcribe(model, renderer.render_batch(pages), K)
     readings = [tokenizer.decode(out) for out in read]

@@ -91,15 +91,11 @@ def held_out_chunks(tokenizer, documents: list[str], chunk_tokens: int, count: i
     """`count` full chunks of `chunk_tokens` tokens (`fill`: chunks that fill their page, a
     `chunking.Fill`) spread evenly over the documents (whitespace collapsed); chunks never
     cross a document boundary."""
-    from vist2.chunking import split_chunks
+    from vist2.chunking import full_chunks
 
     chunks = []
     for document in documents:
-        ids = tokenizer.encode(" ".join(document.split()), add_special_tokens=False)
-        if fill is not None:
-            chunks += split_chunks(ids, chunk_tokens, fill)[:-1]  # the last one is not full
-        else:
-            chunks += [ids[i : i + chunk_tokens] for i in range(0, len(ids) - chunk_tokens + 1, chunk_tokens)]
+        chunks += full_chunks(tokenizer.encode(" ".join(document.split()), add_special_tokens=False), chunk_tokens, fill)
     if len(chunks) > count:
         chunks = [chunks[i * len(chunks) // count] for i in range(count)]
     return chunks

@@ -120,7 +120,8 @@ def _load_model(config: TrainConfig, model_config: Vist2Config | None) -> tuple[
     return Vist2Model(model_config or preset(config.preset)).train(), None, None
 
 
-def _freeze(model: Vist2Model, parts: tuple[str, ...]) -> list[torch.nn.Parameter]:
+def freeze(model: Vist2Model, parts: tuple[str, ...]) -> list[torch.nn.Parameter]:
+    """Train only these parameter groups of the model (`PARTS`); the parameters left trainable."""
     for name, part in model.parameter_groups().items():
         part.requires_grad_(name in parts)
     return [p for p in model.parameters() if p.requires_grad]
@@ -246,7 +247,7 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
     model, progress, resumed = _load_model(config, model_config)
     tokenizer = load_tokenizer(model.config.tokenizer)
     parts = config.train_parts or PARTS
-    trainable = _freeze(model, parts)
+    trainable = freeze(model, parts)
     if model.config.attn_implementation == "flex_attention" and accelerator.device.type == "cpu":
         raise Vist2Error(f"the model uses flex_attention, which has no backward on CPU in torch {torch.__version__}; "
                          "train it on a GPU, or from a checkpoint with attn_implementation 'sdpa'")
