@@ -12,8 +12,8 @@ import sys
 import traceback
 
 from vist2.errors import Vist2Error
-from vist2.flags import (add_chunking_flags, add_debug_flag, add_generation_options, add_model_source,
-                         check_model_source, chunking_args, generation_config)
+from vist2.flags import (add_chunk_flags, add_debug_flag, add_fill_flags, add_generation_options, add_model_source,
+                         check_model_source, chunk_options_from, generation_config)
 from vist2.inputs import SEED, THREADS, check_device, integer, positive_number, read_text, utf8_text, writable_file
 from vist2.eval.command import add_eval
 from vist2.serve.command import add_serve
@@ -129,7 +129,7 @@ def _add_layout(commands) -> None:
     parser.add_argument("--query-tokens", type=int, default=19,
                         help=f"sft only: query tokens (default 19, at most {MAX_LAYOUT_TOKENS})")
     parser.add_argument("--page", default="128x32", help="fill: the page WxH that chunks fill (default 128x32)")
-    add_chunking_flags(parser)
+    add_fill_flags(parser)
     parser.add_argument("--blind-visual", action="store_true", help="visual blocks do not see their text chunk")
     parser.add_argument("--bidirectional-visual", action="store_true", help="full attention inside a visual block")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -230,8 +230,7 @@ def _add_generate(commands) -> None:
     prompt.add_argument("--prompt-file", help="read the user query from this UTF-8 file")
     parser.add_argument("--mode", default="gcc", help="gcc (VIST2), pcc (query compressed) or text (default gcc)")
     add_generation_options(parser)
-    parser.add_argument("--chunk-tokens", type=integer(1), help="K, text tokens per compressed chunk (default: the model's)")
-    add_chunking_flags(parser)
+    add_chunk_flags(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object: text, mode, stats")
     parser.set_defaults(run=_generate)
 
@@ -240,7 +239,6 @@ def _generate(args) -> int:
     import json
 
     from vist2.generate import generate, load_model, stream
-    from vist2.options import chunk_options
 
     prompt = args.prompt if args.prompt_file is None else read_text(args.prompt_file, "--prompt-file")
     config = generation_config(args, args.mode, args.max_new_tokens)
@@ -249,7 +247,7 @@ def _generate(args) -> int:
     check_model_source(args)
     check_device(args.device)
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
-    options = chunk_options(model, chunk_tokens=args.chunk_tokens, **chunking_args(args))
+    options = chunk_options_from(args, model)
     if args.json:
         result = generate(model, tokenizer, prompt, config, options=options)
         print(json.dumps({"text": result.text, "mode": result.mode, "stats": result.stats.as_dict()}))
@@ -264,24 +262,20 @@ def _add_verify(commands) -> None:
     parser = commands.add_parser("verify", help="check incremental gcc/pcc/text decoding against the masked forward")
     add_model_source(parser)
     parser.add_argument("--tolerance", type=float, help="largest allowed |logit difference| (default: 1e-4 in fp32)")
-    parser.add_argument("--chunk-tokens", type=int, help="check with this K instead of the model's (shorter runs)")
-    add_chunking_flags(parser)
+    add_chunk_flags(parser)
     parser.set_defaults(run=_verify)
 
 
 def _verify(args) -> int:
     from vist2.generate import load_model
-    from vist2.options import chunk_options
     from vist2.verify import tolerance, verify
 
     if args.tolerance is not None and not 0 <= args.tolerance < float("inf"):
         raise Vist2Error(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
-    if args.chunk_tokens is not None and args.chunk_tokens < 1:
-        raise Vist2Error(f"--chunk-tokens must be >= 1, got {args.chunk_tokens}")
     check_model_source(args)
     check_device(args.device)
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
-    options = chunk_options(model, chunk_tokens=args.chunk_tokens, **chunking_args(args))
+    options = chunk_options_from(args, model)
     limit = args.tolerance if args.tolerance is not None else tolerance(model)
     worst = verify(model, tokenizer, seed=args.seed, options=options)
     verdict = "ok" if worst <= limit else "FAILED"
@@ -302,8 +296,7 @@ def _add_bench(commands) -> None:
     parser.add_argument("--count-limit", type=integer(0), default=1500,
                         help="count FLOPs on the generation itself up to this many forwards; beyond, "
                         "on the meta device (FlopCounterMode slows a forward ~10x; default 1500)")
-    parser.add_argument("--chunk-tokens", type=integer(1), help="K for this run (default: the model's)")
-    add_chunking_flags(parser)
+    add_chunk_flags(parser)
     parser.add_argument("--page", help="override the page size WxH (beta = W/16s * H/16s), e.g. 256x256")
     parser.add_argument("--max-positions", type=integer(1),
                         help="override the preset LLM's max_position_embeddings (random-weight presets only)")
@@ -331,7 +324,6 @@ def _bench(args) -> int:
 
     from vist2.bench.run import bench
     from vist2.bench.scenarios import CPU_SCALE, cases
-    from vist2.options import chunk_options
     from vist2.presets import PRESETS
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -371,7 +363,7 @@ def _bench(args) -> int:
     model = tokenizer = options = None
     if grid:
         model, tokenizer = _bench_model(args)
-        options = chunk_options(model, chunk_tokens=args.chunk_tokens, **chunking_args(args))
+        options = chunk_options_from(args, model)
     arguments = {k: v for k, v in vars(args).items() if k not in ("run", "command_line")}
     bench(model, tokenizer, grid, args.repeats, out, args.name, paper or [],
           cases(args.scenario, None, 1.0) if paper else [], args.command_line, arguments, args.count_limit,

@@ -23,10 +23,8 @@ import torch
 
 from vist2.engine import Engine
 from vist2.errors import Vist2Error
-from vist2.options import ChunkOptions
+from vist2.options import MODES, ChunkOptions
 from vist2.request import GenerationResult, GenerationStats, cut_at_stop  # noqa: F401  (the results' types)
-
-MODES = ("gcc", "pcc", "text")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from vist2.chunking import Fill
 
 FILL_MAX_FACTOR = 4  # fill: max_chunk_tokens 0 = this many times chunk_tokens
+MODES = ("text", "pcc", "gcc")  # generation modes (DESIGN 5), in the order results show them
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,11 @@ class ChunkOptions:
                 raise Vist2Error(f"{name} must be a positive integer, got {value!r}")
         check_chunking(self.chunking, self.min_font_size, self.max_chunk_tokens)
 
+    @property
+    def ratio(self) -> float:
+        """K / beta: text tokens per visual token of a full fixed chunk."""
+        return self.chunk_tokens / self.beta
+
     def fill(self, renderer, tokenizer) -> Fill | None:
         """The fill policy for pages of this renderer (None for fixed K)."""
         from vist2.chunking import Fill
@@ -43,15 +49,6 @@ class ChunkOptions:
             return None
         fit = renderer.page_fit(self.min_font_size or None)
         return Fill(tokenizer, fit.copy, self.max_chunk_tokens or FILL_MAX_FACTOR * self.chunk_tokens)
-
-
-def page_tokens(model, render_config) -> int:
-    """beta for pages of this size: one token per (patch x merge)^2 pixels."""
-    step = model.config.vision.patch_size * model.config.aligner.merge
-    if render_config.width % step or render_config.height % step:
-        raise Vist2Error(f"page {render_config.width}x{render_config.height} is not a multiple of "
-                         f"patch size x merge = {step}")
-    return (render_config.width // step) * (render_config.height // step)
 
 
 def chunk_options(model, renderer=None, chunk_tokens: int | None = None, visual_sees_text: bool | None = None,
@@ -63,7 +60,7 @@ def chunk_options(model, renderer=None, chunk_tokens: int | None = None, visual_
     given = lambda value, default: default if value is None else value  # noqa: E731
     return ChunkOptions(
         given(chunk_tokens, chunk.chunk_tokens),
-        page_tokens(model, render_config),
+        model.config.page_tokens(render_config),
         given(visual_sees_text, chunk.visual_sees_text),
         given(bidirectional_visual, chunk.bidirectional_visual),
         given(chunking, chunk.chunking),

@@ -23,9 +23,8 @@ from vist2.bench import bounds
 from vist2.bench.flops import ComponentFlops, LLMShape, page_flops
 from vist2.bench.scenarios import Case, prompt_text
 from vist2.model import meta_model
-from vist2.options import ChunkOptions, chunk_options
+from vist2.options import MODES, ChunkOptions, chunk_options
 
-MODES = ("text", "pcc", "gcc")
 TIMINGS = ("time_to_first_token_s", "prefill_s", "decode_s", "render_s", "encode_s")
 METHOD = (
     "Measured: one untimed generation per case and mode under torch.utils.flop_counter.FlopCounterMode "

@@ -42,8 +42,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", nargs="+", required=True, metavar="PATH",
                         help="held-out text: .txt files, JSONL files with a 'text' field, or folders of them "
                              "(one result row per path)")
-    parser.add_argument("--chunk-tokens", type=int, default=0,
-                        help="tokens per page (default 0: the model's chunk K); the ratio is this / beta")
 
 
 def _files(name: str) -> list[Path]:
@@ -152,11 +150,9 @@ def evaluate(model, tokenizer, chunks: list[list[int]], renderer: Renderer, task
 
 
 def check_arguments(args) -> None:
-    """--samples, --chunk-tokens and the --data paths, checked before the model is loaded."""
+    """--samples and the --data paths, checked before the model is loaded (--chunk-tokens by its flag)."""
     if args.samples < 1:
         raise Vist2Error(f"--samples must be >= 1, got {args.samples}")
-    if args.chunk_tokens < 0:
-        raise Vist2Error(f"--chunk-tokens must be >= 1 (or 0 for the model's chunk), got {args.chunk_tokens}")
     for name in args.data:
         _files(name)
 
@@ -168,13 +164,12 @@ def data_files(args) -> list[Path]:
 def run(args, model, tokenizer) -> tuple[list[Row], list[dict]]:
     """One row per --data path; all input is checked before any page is read."""
     check_arguments(args)
-    from vist2.flags import chunking_args
-    from vist2.options import chunk_options
+    from vist2.flags import chunk_options_from
     from vist2.render import Renderer
 
-    size = args.chunk_tokens or model.config.chunk.chunk_tokens
     renderer = Renderer(model.config.render)
-    fill = chunk_options(model, renderer, size, **chunking_args(args)).fill(renderer, tokenizer)
+    options = chunk_options_from(args, model, renderer)
+    size, fill = options.chunk_tokens, options.fill(renderer, tokenizer)
     sources = {}
     for name in args.data:
         task = Path(name).stem or name

@@ -157,7 +157,8 @@ def _stops(body: dict) -> tuple[str, ...]:
 
 def parse_job(body: dict, query: str, default_mode: str, limits: Limits, count_tokens) -> Job:
     """Check every field (400 with the field named) and build the job."""
-    from vist2.generate import MODES, GenerationConfig
+    from vist2.generate import GenerationConfig
+    from vist2.options import MODES
 
     if not query.strip():
         raise ApiError("the prompt is empty", "messages" if "messages" in body else "prompt")

@@ -255,16 +255,16 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
         for part in (model.llm, model.vision.model):
             part.activation_checkpointing_enable({"use_reentrant": False})
 
-    chunk_tokens = model.config.chunk.chunk_tokens
+    renderer = Renderer(model.config.render)
+    options = chunk_options(model, renderer, chunking=config.chunking or None, min_font_size=config.min_font_size or None,
+                            max_chunk_tokens=config.max_chunk_tokens or None)
+    chunk_tokens = options.chunk_tokens
     if config.page_tokens > chunk_tokens or (config.page_tokens and config.stage != "ocr"):
         raise Vist2Error(f"page_tokens must be at most the chunk ({chunk_tokens}) and is for the ocr stage only")
-    renderer = Renderer(model.config.render)
-    fill = chunk_options(model, renderer, chunking=config.chunking or None, min_font_size=config.min_font_size or None,
-                         max_chunk_tokens=config.max_chunk_tokens or None).fill(renderer, tokenizer)
     dataset = build_dataset(config.stage, config.data, tokenizer, config.page_tokens or chunk_tokens,
-                            model.config.visual_tokens, config.max_length, config.on_bad_image,
-                            model.config.chunk.visual_sees_text, config.ocr_replay, config.images_outside_data,
-                            renderer.fits, fill)
+                            options.beta, config.max_length, config.on_bad_image,
+                            options.visual_sees_text, config.ocr_replay, config.images_outside_data,
+                            renderer.fits, options.fill(renderer, tokenizer))
     per_epoch = len(dataset) // config.batch_size
     total = config.max_steps or config.epochs * per_epoch
     if total < 1:
@@ -279,7 +279,7 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
                                total, start, curriculum)
     sampler.schedule_steps = schedule_steps
     collate = functools.partial(stages.collate, renderer=renderer, pad_id=tokenizer.pad_token_id,
-                                bidirectional_visual=model.config.chunk.bidirectional_visual)
+                                bidirectional_visual=options.bidirectional_visual)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=config.num_workers)
 
