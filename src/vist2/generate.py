@@ -24,7 +24,7 @@ import torch
 from vist2.engine import Engine
 from vist2.errors import Vist2Error
 from vist2.options import MODES, ChunkOptions
-from vist2.request import GenerationResult, GenerationStats, cut_at_stop  # noqa: F401  (the results' types)
+from vist2.request import GenerationResult, cut_at_stop
 
 
 @dataclass(frozen=True)
