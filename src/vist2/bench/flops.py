@@ -142,7 +142,8 @@ def meta_model(config):
         if sub.path:
             params = sub.params
             if not params:
-                params = AutoConfig.from_pretrained(sub.path, local_files_only=True).to_diff_dict()
+                hf_config = AutoConfig.from_pretrained(sub.path, local_files_only=True, trust_remote_code=False)
+                params = hf_config.to_diff_dict()
                 for key in ("model_type", "transformers_version", "architectures", "_name_or_path", "dtype",
                             "torch_dtype"):
                     params.pop(key, None)
