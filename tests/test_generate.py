@@ -184,3 +184,35 @@ def test_chunk_tokens_is_a_generation_option(capsys):
     with pytest.raises(SystemExit) as refused:  # argparse: one line, exit 2
         main(["generate", "--preset", "tiny", "--chunk-tokens", "0", "--prompt", "hi"])
     assert refused.value.code == 2
+
+
+
+def test_a_checkpoint_asking_to_run_its_own_code_is_refused_without_a_prompt(tiny, tmp_path, capsys):
+    """trust_remote_code is never on: a tokenizer with auto_map neither asks "run custom code?"
+    (a user's "y" on stdin is never read) nor runs the checkpoint's Python."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from vist2.cli import main
+
+    model, tokenizer = tiny
+    folder = tmp_path / "ckpt"
+    model.save_pretrained(folder, tokenizer)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="EvilTokenizer", auto_map={"AutoTokenizer": [None, "evil_code.EvilTokenizer"]})
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    ran = tmp_path / "ran"
+    (folder / "evil_code.py").write_text(f"import pathlib\npathlib.Path({str(ran)!r}).write_text('ran')\n"
+                                         "from transformers import PreTrainedTokenizerFast as EvilTokenizer\n")
+    script = ("import sys\nfrom vist2.errors import Vist2Error\nfrom vist2.tokenizer import load_tokenizer\n"
+              f"try:\n    load_tokenizer({str(folder)!r})\nexcept Vist2Error as error:\n    sys.exit(str(error))\n")
+    done = subprocess.run([sys.executable, "-c", script], input="y\n", capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))  # a fresh process, stdin holding "y"
+    assert done.returncode == 1 and not ran.exists()
+    assert f"cannot load the tokenizer in {folder}" in done.stderr and "custom code" in done.stderr
+    assert "Do you wish to run the custom code" not in done.stderr
+    assert main(["generate", "--model", str(folder), "--prompt", "hi", "--max-new-tokens", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "custom code" in err and err.count("\n") == 1 and not ran.exists()

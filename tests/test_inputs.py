@@ -88,7 +88,10 @@ def test_generate_rejects_bytes_prompts():
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(margin=-1), "render.margin must be >= 0"),
+    (dict(margin=-1), "render.margin must be in [0, 8192]"),
+    (dict(max_font_size=10**6), "render.max_font_size must be in [1, 8192], got 1000000"),
+    (dict(line_height=10**6), "render.line_height must be in [1, 8192]"),
+    (dict(tab_size=10**9), "render.tab_size must be in [0, 64]"),
     (dict(width=100000), "render.width must be in [1, 8192]"),
     (dict(height="256"), "render.height must be an integer"),
 ])
@@ -122,7 +125,13 @@ def _variant(checkpoint, tmp_path, edit):
     (lambda c: c.update(attn_implementation="bogus"), "attn_implementation must be one of"),
     (lambda c: c["chunk"].update(chunk_tokens="8"), "chunk.chunk_tokens must be of type int"),
     (lambda c: c.update(chunk=5), "config.chunk must be a JSON object"),
-    (lambda c: c["render"].update(margin=-3), "render.margin must be >= 0"),
+    (lambda c: c["render"].update(margin=-3), "render.margin must be in [0, 8192]"),
+    (lambda c: c["render"].update(max_font_size=10**6), "render.max_font_size must be in [1, 8192], got 1000000"),
+    (lambda c: c.update(dtype=5), "dtype must be one of float32, bfloat16, float16, got 5"),
+    (lambda c: c.update(dtype="nn"), "dtype must be one of float32, bfloat16, float16, got 'nn'"),
+    (lambda c: c["llm"].update(path="/elsewhere/llm"),
+     "llm.path must be null in a checkpoint (its weights are in model.safetensors), got '/elsewhere/llm'"),
+    (lambda c: c["vision"].update(path="/elsewhere"), "vision.path must be null in a checkpoint"),
 ])
 def test_damaged_checkpoint_configs_are_named_before_allocating(edit, message, checkpoint, tmp_path, capsys):
     folder = _variant(checkpoint, tmp_path, edit)

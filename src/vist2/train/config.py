@@ -63,6 +63,7 @@ class TrainConfig:
     ocr_replay: float = 0.0  # OLM: fraction of samples shown as OCR instead, so the LLM keeps reading
     progress_bar: bool = True
     images_outside_data: bool = False  # captioning: allow image paths outside the JSONL's folder
+    follow_symlinks: bool = False  # read data files whose symlinks lead out of their data folder
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -200,6 +201,8 @@ HELP = {
     "ocr_replay": "OLM: fraction of samples shown as OCR instead, in [0, 1) (default 0)",
     "progress_bar": "show the tqdm progress bar (default on)",
     "images_outside_data": "captioning: allow image paths outside the JSONL file's folder (default off)",
+    "follow_symlinks": "read data files (and prepared shards) whose symlinks lead out of their data folder "
+                       "(default off: refused)",
 }
 
 

@@ -17,6 +17,7 @@ A key is (record index, images): the OCR curriculum picks images per sample from
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,6 +28,7 @@ from PIL import Image
 
 from vist2 import jsonl_files, stages
 from vist2.chunking import split_chunks
+from vist2.data_folder import files_under, inside, regular_file
 from vist2.errors import Vist2Error
 from vist2.prompt import Prompt, build_prompt, chat_parts, response_positions
 
@@ -38,18 +40,27 @@ def _is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file())
 
 
-def data_files(paths: tuple[str, ...]) -> list[Path]:
-    """Every readable file (or saved dataset folder) under the given paths, in sorted order."""
+def data_files(paths: tuple[str, ...], follow_symlinks: bool = False) -> list[Path]:
+    """Every readable file (or saved dataset folder) under the given paths, in sorted order. A path
+    given directly must be a regular file or a folder; what a folder holds follows the data-folder
+    rule (`vist2.data_folder`: inside it unless `follow_symlinks`, regular files only)."""
     found: list[Path] = []
     for name in paths:
         path = Path(name)
         if not path.exists():
             raise Vist2Error(f"data path {path} does not exist")
-        if path.is_file() or _is_saved_dataset(path):
+        if not path.is_dir():
+            found.append(regular_file(path))
+            continue
+        if _is_saved_dataset(path):
+            files_under(path, None, follow_symlinks)
             found.append(path)
             continue
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
+        files = files_under(path, TEXT_SUFFIXES, follow_symlinks)
         saved = sorted(p for p in path.iterdir() if _is_saved_dataset(p))
+        for folder in saved:
+            inside(path, folder, follow_symlinks)
+            files_under(folder, None, follow_symlinks)
         if not files and not saved:
             raise Vist2Error(f"data folder {path} holds no *.txt, *.jsonl, *.parquet files or saved datasets")
         found += files + saved
@@ -63,11 +74,24 @@ def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
         yield record
 
 
-def read_records(paths: tuple[str, ...]) -> list[dict[str, Any]]:
+@contextlib.contextmanager
+def reading(path: Path):
+    """What the libraries raise for a damaged file (a corrupt Parquet file, a broken
+    dataset_info.json, bad UTF-8) as one line naming it."""
+    try:
+        yield
+    except Vist2Error:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:300]
+        raise Vist2Error(f"cannot read {path}: {reason}") from None
+
+
+def read_records(paths: tuple[str, ...], follow_symlinks: bool = False) -> list[dict[str, Any]]:
     """All records of all files, each with "_where" (file and line) for error messages."""
     records: list[dict[str, Any]] = []
-    for path in data_files(paths):
-        try:
+    for path in data_files(paths, follow_symlinks):
+        with reading(path):
             if path.suffix == ".txt":
                 records.append({"text": path.read_text(encoding="utf-8"), "_where": str(path), "_base": path.parent})
             elif path.suffix == ".jsonl":
@@ -84,8 +108,6 @@ def read_records(paths: tuple[str, ...]) -> list[dict[str, Any]]:
                 splits = saved.values() if isinstance(saved, DatasetDict) else [saved]
                 records += [dict(row, _where=f"{path}, row {i}", _base=path.parent)
                             for split in splits for i, row in enumerate(split)]
-        except (OSError, UnicodeDecodeError) as error:
-            raise Vist2Error(f"cannot read {path}: {error}") from None
     if not records:
         raise Vist2Error(f"no records found in {', '.join(paths)}")
     return records
@@ -285,16 +307,17 @@ class ChatDataset(torch.utils.data.Dataset):
 
 def build_dataset(stage: str, paths: tuple[str, ...], tokenizer, chunk_tokens: int, beta: int, max_length: int,
                   on_bad_image: str = "fail", sees_text: bool = True, ocr_replay: float = 0.0,
-                  images_outside_data: bool = False, fits=None, fill=None) -> torch.utils.data.Dataset:
+                  images_outside_data: bool = False, fits=None, fill=None,
+                  follow_symlinks: bool = False) -> torch.utils.data.Dataset:
     from vist2.train.tokens import is_prepared, open_prepared
 
     if any(is_prepared(Path(p)) for p in paths):
         if stage not in ("ocr", "olm") or len(paths) != 1:
             raise Vist2Error("a prepared corpus (vist2 prepare) is for --stage ocr or olm and must be the only --data path")
-        stream = open_prepared(Path(paths[0]), tokenizer)
+        stream = open_prepared(Path(paths[0]), tokenizer, follow_symlinks)
         return TextStageDataset(stage, tokenizer, [], chunk_tokens, beta, max_length, sees_text, ocr_replay, stream,
                                 fill)
-    records = read_records(paths)
+    records = read_records(paths, follow_symlinks)
     if stage in ("ocr", "olm"):
         texts = [field(r, "text") for r in records]
         return TextStageDataset(stage, tokenizer, texts, chunk_tokens, beta, max_length, sees_text, ocr_replay,

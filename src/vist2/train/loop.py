@@ -66,8 +66,7 @@ def _usable_checkpoint(config: TrainConfig) -> tuple[Path, Vist2Model] | None:
     for checkpoint in reversed(ckpt.complete_checkpoints(config.output)):
         try:
             progress = ckpt.read_progress(checkpoint)
-            if not (checkpoint / "state").is_dir():
-                raise Vist2Error("no state/ folder")
+            ckpt.check_state(checkpoint, bool(progress.get("fsdp", False)))
             model = Vist2Model.from_pretrained(checkpoint / "model")
         except (Vist2Error, OSError, ValueError, KeyError) as error:
             print(f"warning: checkpoint {checkpoint} is damaged ({error}); trying the one before", file=sys.stderr)
@@ -172,10 +171,14 @@ def _save(accelerator, model, optimizer, tokenizer, output: Path, step: int, pro
     if accelerator.is_main_process:
         ckpt.make_temporary(final)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary / "state"))  # under --fsdp: the RNG states only
-    if progress["fsdp"]:
-        sharded.save(model, optimizer, temporary / "state")
-    _save_model(accelerator, model, tokenizer, temporary / "model", progress["fsdp"])
+    try:
+        accelerator.save_state(str(temporary / "state"))  # under --fsdp: the RNG states only
+        if progress["fsdp"]:
+            sharded.save(model, optimizer, temporary / "state")
+        _save_model(accelerator, model, tokenizer, temporary / "model", progress["fsdp"])
+    except RuntimeError:
+        ckpt.explain_write_failure(temporary)
+        raise
     accelerator.wait_for_everyone()  # every rank's RNG state is in before the rename
     if accelerator.is_main_process:
         ckpt.write_progress(temporary, progress)
@@ -226,15 +229,16 @@ def train(config: TrainConfig, model_config: Vist2Config | None = None) -> Train
                              "--multi_gpu), not with accelerate's --use_fsdp or --use_deepspeed")
     set_seed(config.seed)
     held = None
-    if accelerator.is_main_process:
-        try:
-            output.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise Vist2Error(f"cannot create --output {output}: {error}") from None
-        held = ckpt.lock(output)  # before anything in the folder is touched
-        ckpt.remove_stale_temporaries(output)
-    accelerator.wait_for_everyone()
     try:
+        if accelerator.is_main_process:
+            try:
+                output.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise Vist2Error(f"cannot create --output {output}: {error}") from None
+            held = ckpt.lock(output)  # before anything in the folder is touched
+            ckpt.check_no_foreign_checkpoints(output)
+            ckpt.remove_stale_temporaries(output)
+        accelerator.wait_for_everyone()
         return _train(config, model_config, accelerator, output)
     finally:
         if held is not None:
@@ -264,7 +268,7 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
     dataset = build_dataset(config.stage, config.data, tokenizer, config.page_tokens or chunk_tokens,
                             options.beta, config.max_length, config.on_bad_image,
                             options.visual_sees_text, config.ocr_replay, config.images_outside_data,
-                            renderer.fits, options.fill(renderer, tokenizer))
+                            renderer.fits, options.fill(renderer, tokenizer), config.follow_symlinks)
     per_epoch = len(dataset) // config.batch_size
     total = config.max_steps or config.epochs * per_epoch
     if total < 1:
@@ -272,6 +276,13 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
     start = progress["step"] if progress else 0
     schedule_steps = progress["schedule_steps"] if progress else total
     losses: list[float] = progress["losses"] if progress else []
+    if progress and not config.max_minutes and total != schedule_steps:  # --max-steps / --epochs changed
+        if total <= start:
+            raise Vist2Error(f"cannot resume: {resumed} is at step {start} and this run asks for {total} steps in all "
+                             "(--max-steps / --epochs); ask for more to continue")
+        print(f"resuming at step {start} of a {schedule_steps}-step run and continuing to {total} steps; the "
+              f"learning-rate schedule is now sized for {total}", file=sys.stderr)
+        schedule_steps = total
     curriculum = None
     if config.stage == "ocr":
         curriculum = functools.partial(curriculum_images, max_images=dataset.max_images, bounds=config.curriculum)
@@ -293,9 +304,16 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
     if not config.fsdp:
         model, optimizer = accelerator.prepare(model, optimizer)
     if progress:
-        accelerator.load_state(str(resumed / "state"))
-        if config.fsdp:
-            sharded.load(model, optimizer, resumed / "state")
+        try:
+            accelerator.load_state(str(resumed / "state"))
+            if config.fsdp:
+                sharded.load(model, optimizer, resumed / "state")
+        except (RuntimeError, OSError, ValueError, KeyError) as error:
+            if isinstance(error, Vist2Error):
+                raise
+            reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+            raise Vist2Error(f"cannot load the training state in {resumed / 'state'} ({reason}); move that checkpoint "
+                             "away to resume from the one before") from None
     writer = None
     if accelerator.is_main_process:
         from torch.utils.tensorboard import SummaryWriter
@@ -368,7 +386,11 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
     accelerator.wait_for_everyone()
     full = _full_model(accelerator, model, config.fsdp)
     if full is not None:
-        full.save_pretrained(temporary, tokenizer)
+        try:
+            full.save_pretrained(temporary, tokenizer)
+        except RuntimeError:
+            ckpt.explain_write_failure(temporary)
+            raise
         ckpt.publish(temporary, final)
         (output / "losses.json").write_text(json.dumps(losses) + "\n")
         if losses:

@@ -10,17 +10,19 @@ would take for complete.
 
 from __future__ import annotations
 
+import glob
 import itertools
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from vist2.errors import Vist2Error
-from vist2.train.tokens import FORMAT, MANIFEST, OWNER, VERSION, token_dtype, tokenizer_hash
+from vist2.train.tokens import FORMAT, MANIFEST, OWNER, SHARD_GLOB, VERSION, token_dtype, tokenizer_hash
 
 SHARD_TOKENS = 1 << 28  # 512 MiB of uint16 per shard
 
@@ -32,9 +34,9 @@ def iter_texts(files: list[Path]) -> Iterator[tuple[int, str]]:
 
 
 def _file_texts(path: Path) -> Iterator[str]:
-    from vist2.train.data import _jsonl_records, field
+    from vist2.train.data import _jsonl_records, field, reading
 
-    try:
+    with reading(path):
         if path.suffix == ".txt":
             yield path.read_text(encoding="utf-8")
         elif path.suffix == ".jsonl":
@@ -54,8 +56,6 @@ def _file_texts(path: Path) -> Iterator[str]:
             for split in saved.values() if isinstance(saved, DatasetDict) else [saved]:
                 for row, record in enumerate(split):
                     yield field(dict(record, _where=f"{path}, row {row}"), "text")
-    except (OSError, UnicodeDecodeError) as error:
-        raise Vist2Error(f"cannot read {path}: {error}") from None
 
 
 def _size(path: Path) -> int:
@@ -128,8 +128,38 @@ def _remove_own(temporary: Path, created: list[Path]) -> None:
         pass
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def remove_leftovers(output: Path) -> None:
+    """The temporary folders of killed prepares into `output` (marked by OWNER, their process gone):
+    the files prepare writes are removed, and the folder if nothing else is in it; anything else
+    is left and said where."""
+    for folder in sorted(output.parent.glob(f".{glob.escape(output.name)}.vist2-prepare-*.tmp")):
+        pid = folder.name[len(output.name) + len(".vist2-prepare-") + 1 : -len(".tmp")]
+        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue  # not ours, or a prepare still running (ours is not made yet: one of our id is old)
+        ours = not folder.is_symlink() and (folder / OWNER).is_file()
+        if ours:
+            _remove_own(folder, [folder / OWNER, folder / MANIFEST, folder / (MANIFEST + ".partial"),
+                                 *folder.glob(SHARD_GLOB)])
+        if folder.exists() or folder.is_symlink():
+            print(f"note: {folder} looks left by a killed `vist2 prepare` but holds files it did not write "
+                  "(or lacks its marker); it was not removed", file=sys.stderr)
+        else:
+            print(f"removed {folder}, left by a killed `vist2 prepare`", file=sys.stderr)
+
+
 def prepare(paths: tuple[str, ...], output: Path, tokenizer, tokenizer_name: str, batch_mb: float = 1.0,
-            shard_tokens: int = SHARD_TOKENS, progress: bool = True, command_line: str = "") -> dict:
+            shard_tokens: int = SHARD_TOKENS, progress: bool = True, command_line: str = "",
+            follow_symlinks: bool = False) -> dict:
     """Tokenize `paths` into `output`; returns the manifest."""
     from tqdm import tqdm
 
@@ -138,7 +168,7 @@ def prepare(paths: tuple[str, ...], output: Path, tokenizer, tokenizer_name: str
     if not (math.isfinite(batch_mb) and batch_mb > 0):
         raise Vist2Error("--batch-mb must be a positive finite number")
     check_output(output)
-    files = data_files(paths)
+    files = data_files(paths, follow_symlinks)
     vocab = len(tokenizer)
     dtype = token_dtype(vocab)
     sha = tokenizer_hash(tokenizer)
@@ -148,6 +178,7 @@ def prepare(paths: tuple[str, ...], output: Path, tokenizer, tokenizer_name: str
     backend.no_truncation()
     backend.no_padding()
     output.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(output)
     temporary = output.parent / f".{output.name}.vist2-prepare-{os.getpid()}.tmp"
     temporary.mkdir()  # fails if it exists: this folder is ours alone
     marker = temporary / OWNER

@@ -21,6 +21,8 @@ def add_prepare(commands) -> None:
     parser.add_argument("--threads", type=int, default=0, help="tokenizer threads (default 0 = all cores)")
     parser.add_argument("--batch-mb", type=float, default=1.0, help="text per tokenizer batch in MB (default 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--follow-symlinks", action="store_true",
+                        help="read files whose symlinks lead out of a --data folder (default: refused)")
     parser.set_defaults(run=_prepare)
 
 
@@ -48,7 +50,7 @@ def _prepare(args) -> int:
         name = args.tokenizer
     tokenizer = load_tokenizer(name)
     manifest = prepare(tuple(args.data), output, tokenizer, name, args.batch_mb, progress=not args.quiet,
-                       command_line=args.command_line)
+                       command_line=args.command_line, follow_symlinks=args.follow_symlinks)
     print(f"prepared {manifest['documents']} documents, {manifest['tokens']} tokens ({manifest['dtype']}) "
           f"in {len(manifest['shards'])} shard(s) at {output}")
     return 0
