@@ -79,9 +79,9 @@ class GenerationConfig:
 
 
 def load_model(model_dir: str | None = None, preset_name: str | None = None, seed: int = 0,
-               device: str = "cpu", dtype: str = "float32"):
+               device: str = "cpu", dtype: str = "float32", changes: dict | None = None):
     """(model, tokenizer) from a checkpoint folder, or a preset with random weights (seeded),
-    in `dtype` (float32 or bfloat16)."""
+    in `dtype` (float32, bfloat16 or float16), its config built with `changes` (`Vist2Config.replace`)."""
     from vist2.model import Vist2Model, read_checkpoint_config
     from vist2.presets import preset
     from vist2.tokenizer import load_tokenizer
@@ -90,14 +90,14 @@ def load_model(model_dir: str | None = None, preset_name: str | None = None, see
         raise Vist2Error("give exactly one of a model folder or a preset")
     if model_dir is not None:
         config, _ = read_checkpoint_config(model_dir)
-        changes = {}
+        changes = dict(changes or {})
         if config.attn_implementation != "sdpa":  # the engine passes boolean masks: SDPA (same weights)
             print(f"note: {model_dir} uses {config.attn_implementation}; generation runs it with sdpa",
                   file=sys.stderr)
             changes["attn_implementation"] = "sdpa"
         model = Vist2Model.from_pretrained(model_dir, device=device, changes=changes)
     else:
-        config = preset(preset_name)
+        config = preset(preset_name).replace(**changes or {})
         check_memory(config, preset_name, device)
         torch.manual_seed(seed)
         model = Vist2Model(config).to(device).eval()

@@ -98,24 +98,14 @@ def bench_command(args) -> int:
 def _model(args):
     """The model to measure: a checkpoint or a seeded random preset, built with the page overridden
     (nothing replaces the config of a built model; K is a chunk option of the run)."""
-    import torch
-
-    from vist2.model import Vist2Model
+    from vist2.generate import load_model
     from vist2.presets import preset
-    from vist2.tokenizer import load_tokenizer
 
     changes = {}
     if args.page:
         width, height = page_size(args.page)
         changes.update({"render.width": width, "render.height": height})
-    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
-    if args.model:
-        model = Vist2Model.from_pretrained(args.model, device=args.device, changes=changes)
-    else:
-        config = preset(args.preset)
-        if args.max_positions:
-            changes["llm.params"] = {**config.llm.params, "max_position_embeddings": args.max_positions}
-        torch.manual_seed(args.seed)
-        model = Vist2Model(config.replace(**changes))
-    model = model.to(device=args.device, dtype=dtype).eval()
-    return model, load_tokenizer(model.config.tokenizer)
+    if args.max_positions and not args.model:
+        changes["llm.params"] = {**preset(args.preset).llm.params, "max_position_embeddings": args.max_positions}
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    return load_model(args.model, None if args.model else args.preset, args.seed, args.device, dtype, changes)
