@@ -139,54 +139,6 @@ def _mixed_precision(config: TrainConfig) -> str:
     return "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
 
 
-def _full_model(accelerator, model, fsdp: bool) -> Vist2Model | None:
-    """The unsharded model on the main process (None elsewhere); every rank must call it."""
-    from accelerate.utils import DistributedType
-
-    if fsdp:
-        state = sharded.full_state(model)
-    else:
-        state = accelerator.get_state_dict(model)  # collective under FSDP / DeepSpeed: every rank calls it
-    if not accelerator.is_main_process:
-        return None
-    unwrapped = accelerator.unwrap_model(model)
-    if fsdp or accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        full = Vist2Model(unwrapped.config)
-        full.load_state_dict(state)
-        unwrapped = full
-    return unwrapped
-
-
-def _save_model(accelerator, model, tokenizer, folder: Path, fsdp: bool) -> None:
-    """save_pretrained of the full weights (gathered on the main process when sharded)."""
-    full = _full_model(accelerator, model, fsdp)
-    if full is not None:
-        full.save_pretrained(folder, tokenizer)
-
-
-def _save(accelerator, model, optimizer, tokenizer, output: Path, step: int, progress: dict, keep: int) -> None:
-    """Checkpoint (all ranks take part): written under a temporary name, then renamed."""
-    final = ckpt.checkpoints_dir(output) / f"{ckpt.PREFIX}{step:08d}"
-    temporary = ckpt.temporary_for(final)
-    if accelerator.is_main_process:
-        ckpt.make_temporary(final)
-    accelerator.wait_for_everyone()
-    try:
-        accelerator.save_state(str(temporary / "state"))  # under --fsdp: the RNG states only
-        if progress["fsdp"]:
-            sharded.save(model, optimizer, temporary / "state")
-        _save_model(accelerator, model, tokenizer, temporary / "model", progress["fsdp"])
-    except RuntimeError:
-        ckpt.explain_write_failure(temporary)
-        raise
-    accelerator.wait_for_everyone()  # every rank's RNG state is in before the rename
-    if accelerator.is_main_process:
-        ckpt.write_progress(temporary, progress)
-        ckpt.publish(temporary, final)
-        ckpt.prune(output, keep)
-    accelerator.wait_for_everyone()
-
-
 def _plot(losses: list[float], path: Path, title: str) -> None:
     import matplotlib
 
@@ -245,6 +197,20 @@ def train(config: TrainConfig, model_config: Vist2Config | None = None) -> Train
             held.close()
 
 
+def _dataset(config: TrainConfig, model: Vist2Model, tokenizer, renderer) -> tuple:
+    """(the chunk options the stage trains with, its dataset)."""
+    options = chunk_options(model, renderer, chunking=config.chunking or None, min_font_size=config.min_font_size or None,
+                            max_chunk_tokens=config.max_chunk_tokens or None)
+    chunk_tokens = options.chunk_tokens
+    if config.page_tokens > chunk_tokens or (config.page_tokens and config.stage != "ocr"):
+        raise Vist2Error(f"page_tokens must be at most the chunk ({chunk_tokens}) and is for the ocr stage only")
+    dataset = build_dataset(config.stage, config.data, tokenizer, config.page_tokens or chunk_tokens,
+                            options.beta, config.max_length, config.on_bad_image,
+                            options.visual_sees_text, config.ocr_replay, config.images_outside_data,
+                            renderer.fits, options.fill(renderer, tokenizer), config.follow_symlinks)
+    return options, dataset
+
+
 def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, output: Path) -> TrainResult:
     world, rank = accelerator.num_processes, accelerator.process_index
     accumulation = config.batch_size // (config.micro_batch_size * world)
@@ -260,15 +226,7 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
             part.activation_checkpointing_enable({"use_reentrant": False})
 
     renderer = Renderer(model.config.render)
-    options = chunk_options(model, renderer, chunking=config.chunking or None, min_font_size=config.min_font_size or None,
-                            max_chunk_tokens=config.max_chunk_tokens or None)
-    chunk_tokens = options.chunk_tokens
-    if config.page_tokens > chunk_tokens or (config.page_tokens and config.stage != "ocr"):
-        raise Vist2Error(f"page_tokens must be at most the chunk ({chunk_tokens}) and is for the ocr stage only")
-    dataset = build_dataset(config.stage, config.data, tokenizer, config.page_tokens or chunk_tokens,
-                            options.beta, config.max_length, config.on_bad_image,
-                            options.visual_sees_text, config.ocr_replay, config.images_outside_data,
-                            renderer.fits, options.fill(renderer, tokenizer), config.follow_symlinks)
+    options, dataset = _dataset(config, model, tokenizer, renderer)
     per_epoch = len(dataset) // config.batch_size
     total = config.max_steps or config.epochs * per_epoch
     if total < 1:
@@ -304,16 +262,7 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
     if not config.fsdp:
         model, optimizer = accelerator.prepare(model, optimizer)
     if progress:
-        try:
-            accelerator.load_state(str(resumed / "state"))
-            if config.fsdp:
-                sharded.load(model, optimizer, resumed / "state")
-        except (RuntimeError, OSError, ValueError, KeyError) as error:
-            if isinstance(error, Vist2Error):
-                raise
-            reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
-            raise Vist2Error(f"cannot load the training state in {resumed / 'state'} ({reason}); move that checkpoint "
-                             "away to resume from the one before") from None
+        ckpt.restore(accelerator, model, optimizer, resumed / "state", config.fsdp)
     writer = None
     if accelerator.is_main_process:
         from torch.utils.tensorboard import SummaryWriter
@@ -375,23 +324,11 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
         if step % config.save_every == 0 or done:
             state = {"step": step, "schedule_steps": schedule_steps, "losses": losses, "stage": config.stage,
                      "fsdp": config.fsdp}
-            _save(accelerator, model, optimizer, tokenizer, output, step, state, config.keep_checkpoints)
+            ckpt.save_step(accelerator, model, optimizer, tokenizer, output, step, state, config.keep_checkpoints)
     bar.close()
     seconds = time.perf_counter() - began
-
-    final = output / "final"
-    temporary = ckpt.temporary_for(final)
-    if accelerator.is_main_process:
-        ckpt.make_temporary(final)
-    accelerator.wait_for_everyone()
-    full = _full_model(accelerator, model, config.fsdp)
+    final, full = ckpt.save_final(accelerator, model, tokenizer, output, config.fsdp)
     if full is not None:
-        try:
-            full.save_pretrained(temporary, tokenizer)
-        except RuntimeError:
-            ckpt.explain_write_failure(temporary)
-            raise
-        ckpt.publish(temporary, final)
         (output / "losses.json").write_text(json.dumps(losses) + "\n")
         if losses:
             _plot(losses, output / "loss.png", f"VIST2 {config.stage} stage")
