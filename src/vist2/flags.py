@@ -8,7 +8,7 @@ import os
 
 from vist2.errors import Vist2Error
 from vist2.inputs import SEED, integer
-from vist2.options import ChunkOptions, chunk_options
+from vist2.options import ChunkOptions, GenerationConfig, chunk_options
 
 
 def add_chunk_flags(parser) -> None:
@@ -82,8 +82,6 @@ def add_generation_options(parser, max_new_tokens: int | None = 256) -> None:
 
 def generation_config(args, mode: str, max_new_tokens: int):
     """The GenerationConfig the flags of `add_generation_options` describe (validated there)."""
-    from vist2.generate import GenerationConfig
-
     return GenerationConfig(
         mode=mode, max_new_tokens=max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, repetition_penalty=args.repetition_penalty,

@@ -17,65 +17,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 
 from vist2.engine import Engine
 from vist2.errors import Vist2Error
-from vist2.options import MODES, ChunkOptions
+from vist2.options import ChunkOptions, GenerationConfig
 from vist2.request import GenerationResult, cut_at_stop
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    mode: str = "gcc"
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    stop_strings: tuple[str, ...] = ()  # the text is cut before the first one found
-    ignore_eos: bool = False
-    seed: int | None = None
-    chat_template: bool = True  # False: the prompt is the query alone (LongBench's trec, lcc, ...)
-    grammar: str | None = None  # the output follows this llguidance grammar (vist2.constrain)
-
-    def __post_init__(self) -> None:
-        INF = float("inf")  # noqa: N806  (NaN fails every comparison, so -INF < x < INF rejects it too)
-        if self.mode not in MODES:
-            raise Vist2Error(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
-        for name in ("max_new_tokens", "top_k", "no_repeat_ngram_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise Vist2Error(f"{name} must be an integer, got {value!r}")
-        for name in ("temperature", "top_p", "repetition_penalty"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not -INF < value < INF:
-                raise Vist2Error(f"{name} must be a finite number, got {value!r}")
-        if self.max_new_tokens < 1:
-            raise Vist2Error(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        if self.temperature < 0 or self.top_k < 0 or self.no_repeat_ngram_size < 0:
-            raise Vist2Error("temperature, top_k and no_repeat_ngram_size must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise Vist2Error(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise Vist2Error(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if isinstance(self.stop_strings, str) or not all(isinstance(s, str) for s in self.stop_strings):
-            raise Vist2Error(f"stop_strings must be a tuple of strings, got {self.stop_strings!r}")
-        if any(not s for s in self.stop_strings):
-            raise Vist2Error("stop strings must be non-empty")
-        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
-            raise Vist2Error(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
-        for name in ("ignore_eos", "chat_template"):
-            if not isinstance(getattr(self, name), bool):
-                raise Vist2Error(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.grammar is not None and not isinstance(self.grammar, str):
-            raise Vist2Error(f"grammar must be a string, got {type(self.grammar).__name__}")
-        if self.grammar is not None and self.no_repeat_ngram_size:
-            raise Vist2Error("a grammar and no_repeat_ngram_size cannot be combined: the ban may forbid every "
-                             "token the grammar allows")
 
 
 def load_model(model_dir: str | None = None, preset_name: str | None = None, seed: int = 0,

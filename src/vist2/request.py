@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from vist2.errors import Vist2Error
-from vist2.options import ChunkOptions
+from vist2.options import ChunkOptions, GenerationConfig
 from vist2.prompt import Prompt, changes, chunk_pages
 
 
@@ -60,7 +60,7 @@ def cut_at_stop(text: str, stop_strings: tuple[str, ...]) -> tuple[str, bool]:
 class Request:
     id: int
     prompt: Prompt
-    config: object  # a GenerationConfig
+    config: GenerationConfig
     options: ChunkOptions
     forced: list[int] | None = None  # teacher-forced tokens instead of sampling (`score`)
     keep_logits: bool = False  # keep the logits that chose each token in `kept`

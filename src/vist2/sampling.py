@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from vist2.options import GenerationConfig
 
-def sample(logits: torch.Tensor, history: list[list[int]], config,  # a GenerationConfig
+
+def sample(logits: torch.Tensor, history: list[list[int]], config: GenerationConfig,
            generator: torch.Generator | None) -> torch.Tensor:
     """(B, V) logits -> (B,) tokens, after repetition penalty, n-gram ban, temperature, top-k, top-p."""
     logits = logits.clone()

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from vist2.errors import Vist2Error
+from vist2.options import MODES, GenerationConfig
 
 ROLES = ("system", "user", "assistant")
 MAX_N = 8
@@ -39,7 +40,7 @@ class Job:
     """One checked request: the query text, its sampling config, and how to answer."""
 
     query: str
-    config: object  # GenerationConfig
+    config: GenerationConfig
     n: int
     stream: bool
     include_usage: bool
@@ -157,8 +158,6 @@ def _stops(body: dict) -> tuple[str, ...]:
 
 def parse_job(body: dict, query: str, default_mode: str, limits: Limits, count_tokens) -> Job:
     """Check every field (400 with the field named) and build the job."""
-    from vist2.generate import GenerationConfig
-    from vist2.options import MODES
 
     if not query.strip():
         raise ApiError("the prompt is empty", "messages" if "messages" in body else "prompt")
