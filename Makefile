@@ -14,6 +14,7 @@ VENV_FLAGS ?=
 VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS := test,serve,lm-eval
+LOCK_EXTRAS := $(EXTRAS),browser  # browser: `make test-browser` (selenium) is locked too
 PIP := pip==25.3
 PIP_TOOLS := pip-tools==7.5.2
 LOCK := requirements/lock.txt
@@ -36,11 +37,17 @@ quickstart: setup
 test: setup
 	VIST2_LOCK=$(LOCK) $(BIN)/python -m pytest
 
+# The serve page in headless Chromium (needs: apt-get install -y chromium chromium-driver);
+# CI=true makes a missing chromium fail the test instead of skipping it.
+test-browser: setup
+	$(BIN)/pip install -q -c $(LOCK) -e ".[browser]"
+	CI=true $(BIN)/python -m pytest -m slow tests/test_serve_browser.py
+
 # A deliberate change: re-resolve every pin, then run the suite before committing the new lock.
 lock:
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install -q $(PIP) $(PIP_TOOLS)
-	CUSTOM_COMPILE_COMMAND="make lock" .venv-lock/bin/pip-compile -q $(LOCK_ARGS) --extra=$(subst $(comma),$(space)--extra=,$(EXTRAS)) \
+	CUSTOM_COMPILE_COMMAND="make lock" .venv-lock/bin/pip-compile -q $(LOCK_ARGS) --extra=$(subst $(comma),$(space)--extra=,$(LOCK_EXTRAS)) \
 		--strip-extras --no-emit-find-links --no-emit-index-url --unsafe-package torch \
 		--constraint requirements/torch.txt --output-file $(LOCK) pyproject.toml
 
@@ -58,4 +65,4 @@ test-latest:
 comma := ,
 space := $(empty) $(empty)
 
-.PHONY: setup quickstart test lock test-latest
+.PHONY: setup quickstart test test-browser lock test-latest

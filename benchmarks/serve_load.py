@@ -39,7 +39,7 @@ def percentile(values: list[float], share: float) -> float:
 
 
 async def one_request(client, base, model, mode, tokens) -> dict:
-    body = {"model": model, "mode": mode, "max_tokens": tokens, "ignore_eos": True, "stream": True,
+    body = {"model": model, "mode": mode, "max_tokens": tokens, "ignore_eos": True, "stream": True, "temperature": 0,
             "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": PROMPT}]}
     started, first, usage = time.perf_counter(), None, None

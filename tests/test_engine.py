@@ -1,10 +1,13 @@
 """The engine: requests that join a running batch late, in every mode, give the single-prompt
 results; rows at different chunk phases still equal the teacher-forced forward; cancel and
-max_batch; the page rule never drops query or response text."""
+max_batch; the page rule never drops query or response text; chunked prefill equals whole
+prefill and lets running rows decode while a long prompt goes in; finish reasons."""
 
+import pytest
 import torch
 
 from vist2.engine import Engine
+from vist2.errors import Vist2Error
 from vist2.generate import GenerationConfig, generate
 from vist2.options import chunk_options
 from vist2.prompt import build_prompt, chat_parts, chunk_pages, split_page
@@ -78,6 +81,33 @@ def test_cancel_frees_the_row_and_max_batch_queues(tiny):
     for _ in engine.run():
         pass
     assert len(b.output) == len(c.output) == 20 and engine.kv.nbytes() == 0
+    assert [r.finish_reason for r in (a, b, c, d)] == ["cancelled", "length", "length", "cancelled"]
+
+
+def test_finish_reasons_come_from_the_request(tiny):
+    """An aborted request reports its reason (not "stop" from its length); a stop string gives
+    "stop", max_new_tokens "length"; cancelling a finished request changes nothing."""
+    from vist2.request import Status
+
+    model, tokenizer = tiny
+    text = generate(model, tokenizer, SHORT, greedy("text", 12)).text
+    engine = Engine(model, tokenizer)
+    aborted = engine.add(LONG, greedy("gcc", 30))
+    stopped = engine.add(SHORT, greedy("text", 12, stop_strings=(text[3:6],)))
+    assert aborted.status is Status.WAITING and aborted.slot is None
+    engine.step()
+    assert aborted.status is Status.RUNNING and aborted.slot is not None
+    engine.cancel(aborted, "aborted")
+    engine.step()
+    assert aborted.status is Status.FINISHED and aborted.slot is None and len(aborted.output) == 1
+    assert aborted.result(tokenizer).finish_reason == "aborted"
+    for _ in engine.run():
+        pass
+    assert stopped.finish_reason == "stop" and len(stopped.output) < 12
+    assert generate(model, tokenizer, SHORT, greedy("pcc", 5)).finish_reason == "length"
+    engine.cancel(aborted, "cancelled")
+    engine.step()
+    assert aborted.finish_reason == "aborted"
 
 
 def test_page_rule_never_drops_text(tiny):
@@ -125,3 +155,58 @@ def test_whole_prompt_prefill_equals_the_piecewise_prefill(tiny, monkeypatch):
         pieces = first_logits(options)
         monkeypatch.undo()
         assert (whole - pieces).abs().max() <= 1e-4
+
+
+def test_chunked_prefill_equals_whole_prefill(tiny):
+    """Prompts fed a few positions per step (pieces cut anywhere in text, pages one or a few
+    at a time) give the tokens and logits of whole prefill, in every mode."""
+    model, tokenizer = tiny
+    options = chunk_options(model, chunk_tokens=16)
+
+    def run(budget):
+        engine = Engine(model, tokenizer, options=options, prefill_tokens=budget)
+        requests = [engine.add(prompt, greedy(mode, 20), keep_logits=True)
+                    for prompt in (LONG * 4, SHORT) for mode in ("text", "pcc", "gcc")]
+        for _ in engine.run():
+            pass
+        return requests
+
+    whole = run(None)
+    for budget in (5, 40):
+        for a, b in zip(whole, run(budget)):
+            assert a.output == b.output, (a.config.mode, budget)
+            assert (torch.stack(a.kept) - torch.stack(b.kept)).abs().max() <= 1e-4
+
+
+def test_a_long_prompt_joins_without_stalling_running_rows(tiny):
+    """With a prefill budget a running row gets a token every step while a long prompt goes in;
+    a request cancelled between pieces of its prompt leaves at the next step."""
+    from vist2.request import Status
+
+    model, tokenizer = tiny
+    engine = Engine(model, tokenizer, prefill_tokens=32)
+    running = engine.add(SHORT, greedy("text", 300))
+    engine.step()
+    joining = engine.add(LONG * 8, greedy("text", 5))
+    steps = 0
+    while joining.status is not Status.RUNNING:
+        engine.step()
+        steps += 1
+        assert len(running.output) == 1 + steps  # one token per step, prefill or not
+    assert steps == -(-joining.prompt.positions // 32)
+    late = engine.add(LONG * 8, greedy("text", 5))
+    engine.step()
+    assert late.status is Status.PREFILL and engine.kv.lengths[late.slot] == 32
+    engine.cancel(late)
+    engine.step()
+    assert late.finish_reason == "cancelled" and late not in engine.rows and late.slot is None
+    for _ in engine.run():
+        pass
+    assert running.finish_reason == joining.finish_reason == "length"
+
+
+def test_prefill_budget_is_checked(tiny):
+    model, tokenizer = tiny
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(Vist2Error, match="prefill_tokens must be a positive integer"):
+            Engine(model, tokenizer, prefill_tokens=bad)

@@ -60,6 +60,7 @@ def test_runner_writes_rows_predictions_and_plot(tmp_path, one_thread, capsys):
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 2 * 2
     assert {"id", "task", "length", "mode", "prediction", "references", "scores", "stats"} <= set(records[0])
+    assert {r["finish_reason"] for r in records} <= {"stop", "length"}
     assert (out / "results.png").stat().st_size > 0
     assert "alpha" in capsys.readouterr().out
 

@@ -12,6 +12,7 @@ from vist2.bench import bounds
 from vist2.chunking import PageTexts, chunk_texts, complete_prefix, split_chunks, split_compressed
 from vist2.cli import main
 from vist2.errors import Vist2Error
+from vist2.engine import Engine
 from vist2.generate import GenerationConfig, generate
 from vist2.options import chunk_options
 from vist2.render import RenderConfig, Renderer, TextDoesNotFit
@@ -184,3 +185,31 @@ def test_eval_rows_report_the_measured_ratio_under_fill():
     ratios = {row.mode: row.ratio for row in summarize("x", records, None)}
     assert ratios == {"gcc": 2.5, "text": None}
     assert {row.mode: row.ratio for row in summarize("x", records, 4.0)}["gcc"] == 4.0
+
+
+def test_a_fill_row_finishes_at_the_position_limit_never_beyond(tiny, monkeypatch):
+    """Issue 21.3: fill chunks at min_font_size 20 hold 1-10 tokens, so a 200-token gcc request
+    admitted on a backbone of 300 positions would need ~780; it finishes "length" at the limit."""
+    from vist2 import decode
+    from vist2.model import Vist2Model
+
+    model, tokenizer = tiny
+    params = dict(model.config.llm.params, max_position_embeddings=300)
+    limited = Vist2Model(model.config.replace(**{"llm.params": params})).eval()
+    seen = []
+    forward = decode.forward
+
+    def recording(model, kv, slots, embeds, positions, *args, **kwargs):
+        seen.append(int(positions.max()))
+        return forward(model, kv, slots, embeds, positions, *args, **kwargs)
+
+    monkeypatch.setattr(decode, "forward", recording)
+    engine = Engine(limited, tokenizer, options=fill_options(limited, size=20))
+    request = engine.add("Hello world, this is a test of fill.", GenerationConfig(
+        mode="gcc", max_new_tokens=200, ignore_eos=True))
+    for _ in engine.run():
+        pass
+    beta = engine.options.beta
+    assert request.finish_reason == "length" and request.stats.generated_tokens < 200
+    assert max(seen) < 300 and request.base + max(request.offset, 1) <= 300
+    assert max(seen) >= 300 - beta - max(request.stats.chunk_lengths)  # it stopped at the limit, not early

@@ -47,7 +47,7 @@ def test_gcc_slot_holds_persistent_entries_plus_the_current_chunk(tiny):
 
 def test_store_writes_the_visual_block_over_the_chunk_and_frees_finished_slots():
     store = KVStore(load_model(preset_name="tiny")[0].llm.config, torch.device("cpu"), torch.float32)
-    first, second = store.add_slot(), store.add_slot()
+    first, second = store.add_slots([10, 10])
     store.begin([first, second], 10)
     for layer in range(store.keys.shape[0]):
         store.update(torch.randn(2, 2, 10, 16), torch.randn(2, 2, 10, 16), layer)
@@ -60,6 +60,33 @@ def test_store_writes_the_visual_block_over_the_chunk_and_frees_finished_slots()
     assert store.lengths == [10] and torch.equal(store.keys[:, first, :, :10], kept)
     store.free_slot(0)
     assert store.nbytes() == 0
+
+
+def test_store_copies_are_linear_in_the_answer_length(tiny):
+    """Reserved at admission, text and gcc never reallocate while they decode; a slot that
+    outgrows its reservation (gcc fill) grows geometrically: copies linear in its entries."""
+    model, tokenizer = tiny
+    for mode in ("text", "gcc"):
+        copied = []
+        for n in (64, 512):
+            engine = Engine(model, tokenizer)
+            generate_with(engine, PROMPT, greedy(mode, n))
+            copied.append((engine.kv.reallocations, engine.kv.bytes_copied))
+        assert copied == [(2, 0), (2, 0)], mode  # one reservation, one release; nothing copied
+    entry = 2 * 2 * 2 * 16 * 4  # keys and values, 2 layers, 2 heads, head dim 16, fp32
+    for n in (1000, 8000):
+        store = KVStore(model.llm.config, torch.device("cpu"), torch.float32)
+        store.add_slots([1])
+        for _ in range(n):
+            store.begin([0], 1)
+        assert store.bytes_copied <= 2 * n * entry and store.reallocations <= 2 + n.bit_length()
+
+
+def generate_with(engine, prompt, config):
+    request = engine.add(prompt, config)
+    for _ in engine.run():
+        pass
+    return request
 
 
 def test_gcc_kv_stays_flat_while_text_grows(tiny):
@@ -153,7 +180,8 @@ def test_cli_generate_gcc_memory_is_flat(capsys):
     assert main(args + ["--mode", "gcc", "--max-new-tokens", "2000"]) == 0
     gcc = json.loads(capsys.readouterr().out)
     stats = gcc["stats"]
-    assert gcc["mode"] == "gcc" and stats["generated_tokens"] == 2000 and stats["chunks_compressed"] == 31
+    assert gcc["mode"] == "gcc" and gcc["finish_reason"] == "length"
+    assert stats["generated_tokens"] == 2000 and stats["chunks_compressed"] == 31
     persistent = stats["kv_tokens_final"] - (2000 - 1 - 31 * 64)  # the last, unfinished chunk is transient
     assert stats["kv_tokens_peak"] <= persistent + 64 < stats["kv_tokens_full_text"] / 3
     assert main(args + ["--mode", "text", "--max-new-tokens", "300"]) == 0

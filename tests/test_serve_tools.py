@@ -2,12 +2,12 @@
 tiny random model: json_schema answers validate (dict schema and a Pydantic model through
 `chat.completions.parse`), json_object parses, tool calls come back as `tool_calls` (plain and
 streamed) with arguments valid for their function, `none` gives text, a past call and its
-result render, and fields the server cannot honour get 400 naming them."""
+result render through the chat template path, logprobs come with a grammar, and fields the
+server cannot honour get 400 naming them."""
 
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 
@@ -15,11 +15,11 @@ from conftest import require_extra  # noqa: E402
 
 require_extra("fastapi")
 require_extra("llguidance")
-uvicorn = require_extra("uvicorn")
+require_extra("uvicorn")
 openai = require_extra("openai")
 pydantic = require_extra("pydantic")
 
-from test_serve import free_port, wait_healthy  # noqa: E402
+from test_serve import start_server  # noqa: E402
 
 PERSON = {"type": "object",
           "properties": {"name": {"type": "string", "maxLength": 10},
@@ -41,23 +41,10 @@ def validate(document, schema) -> None:
 
 
 @pytest.fixture(scope="module")
-def client(tiny):
-    from vist2.engine import Engine
-    from vist2.render import Renderer
-    from vist2.serve.app import create_app
-    from vist2.serve.protocol import Limits
-
-    model, tokenizer = tiny
-    app = create_app(Engine(model, tokenizer, max_batch=4), tokenizer, Renderer(model.config.render), "tiny", "gcc",
-                     Limits(2000, 3000, 16), 16)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_healthy(f"http://127.0.0.1:{port}")
-    yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
-    server.should_exit = True
-    thread.join(timeout=30)
+def client():
+    base, _, stop = start_server(max_prompt_tokens=3000, default_temperature=0.0)  # greedy unless asked
+    yield openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0)
+    stop()
 
 
 def chat(client, **fields):
@@ -122,6 +109,19 @@ def test_auto_none_and_a_past_call(client):
     assert after.message.tool_calls is None and after.finish_reason in ("stop", "length")
 
 
+def test_logprobs_with_a_grammar_and_with_tool_calls(client):
+    called = chat(client, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, logprobs=True,
+                  top_logprobs=2).choices[0]
+    [call] = called.message.tool_calls
+    said = bytes(b for entry in called.logprobs.content for b in entry.bytes).decode()  # the tokens behind the call
+    assert said.startswith('<tool_call>\n{"name": "' + call.function.name) and said.endswith("\n</tool_call>")
+    assert all(e.logprob <= 0 and len(e.top_logprobs) == 2 for e in called.logprobs.content)
+    chunks = list(chat(client, response_format={"type": "json_object"}, logprobs=True, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert isinstance(json.loads(text), dict) and bytes(b for e in streamed for b in e.bytes).decode() == text
+
+
 @pytest.mark.parametrize("fields, param", [
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}},
      "response_format"),
@@ -139,8 +139,11 @@ def test_fields_that_cannot_be_honoured_get_400_naming_them(client, fields, para
     assert caught.value.status_code == 400 and caught.value.body["param"] == param
 
 
-def test_tools_render_by_the_template_where_it_has_a_tool_format():
-    from vist2.serve.tools import TOOLS_PROMPT, render
+def test_tools_render_through_the_chat_template_path():
+    """tools go through serve/chat.py like any chat: the template's tool format where it has one
+    (Qwen3), else a system turn listing them; past calls with object arguments; the tools count
+    toward the prompt's characters."""
+    from vist2.serve.chat import TOOLS_PROMPT, chat_query, messages_of, prompt_chars
     from vist2.tokenizer import byte_tokenizer, qwen3_tokenizer
 
     past = {"id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": '{"zone": "CET"}'}}
@@ -150,12 +153,21 @@ def test_tools_render_by_the_template_where_it_has_a_tool_format():
     as_template = [ASK[0], {"role": "assistant", "content": "", "tool_calls": [
         {**past, "function": {"name": "get_time", "arguments": {"zone": "CET"}}}]},
         {"role": "tool", "content": "12:00", "tool_call_id": "call_1"}]
-    assert render(history, TOOLS, qwen) == qwen.apply_chat_template(as_template, tools=TOOLS, tokenize=False,
-                                                                      add_generation_prompt=True)
-    plain = render(history, TOOLS, byte_tokenizer())  # ChatML without tools: our system turn
-    assert plain.startswith("<|im_start|>system\n" + TOOLS_PROMPT.split("{tools}")[0])
-    assert '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>' in plain
-    assert "<|im_start|>user\n<tool_response>\n12:00\n</tool_response>" in plain
+    query = chat_query(qwen, qwen.chat_template, messages_of({"messages": history}), TOOLS)
+    assert query.text == qwen.apply_chat_template(as_template, tools=TOOLS, tokenize=False, add_generation_prompt=True)
+    assert "get_weather" in qwen.decode(query.frame[0]) and "get_weather" not in qwen.decode(query.ids)
+    system = chat_query(qwen, qwen.chat_template, [{"role": "system", "content": "Be brief."}, *ASK], TOOLS)
+    assert "get_weather" in qwen.decode(system.ids)  # after the system turn's content: compressed with it
+
+    tokenizer = byte_tokenizer()  # ChatML without tools: our system turn, the first message, compressed
+    plain = chat_query(tokenizer, tokenizer.chat_template, messages_of({"messages": history}), TOOLS)
+    assert plain.text.startswith("<|im_start|>system\n" + TOOLS_PROMPT.split("{tools}")[0])
+    assert '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>' in plain.text
+    assert "<|im_start|>tool\n12:00<|im_end|>" in plain.text
+    assert tokenizer.decode(plain.ids).startswith(TOOLS_PROMPT.split("{tools}")[0])
+    without = chat_query(tokenizer, tokenizer.chat_template, messages_of({"messages": ASK}))
+    assert "<tools>" not in without.text
+    assert prompt_chars({"messages": ASK, "tools": TOOLS}, True) > prompt_chars({"messages": ASK}, True) + 30
 
 
 def test_raw_completions_take_response_format_but_not_tools(client):
@@ -171,7 +183,7 @@ def test_raw_completions_take_response_format_but_not_tools(client):
 def test_reply_text_becomes_calls_only_when_every_block_is_complete():
     from vist2.serve.tools import Structured, reply
 
-    tooled = Structured(grammar=None, prompt=None, calls=True)
+    tooled = Structured(grammar=None, tools=None, calls=True)
     one = '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>'
     content, calls = reply(one + "\n" + one, tooled)
     assert content is None and [c["function"]["arguments"] for c in calls] == ['{"zone": "CET"}'] * 2

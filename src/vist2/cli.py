@@ -289,7 +289,8 @@ def _generate(args) -> int:
     options = chunk_options_from(args, model)
     if args.json:
         result = generate(model, tokenizer, prompt, config, options=options)
-        print(json.dumps({"text": result.text, "mode": result.mode, "stats": result.stats.as_dict()}))
+        print(json.dumps({"text": result.text, "mode": result.mode, "finish_reason": result.finish_reason,
+                          "stats": result.stats.as_dict()}))
     else:
         for piece in stream(model, tokenizer, prompt, config, options=options):
             print(piece, end="", flush=True)

@@ -1,5 +1,6 @@
 """The forwards of generation, as small free functions over a `KVStore` (DESIGN 3 and 5):
-prefill a prompt into one slot, decode one token for many slots, compress finished chunks.
+prefill prompts (whole, or a piece at a time), decode one token for many slots, compress
+finished chunks.
 
 Positions follow the layout: a transient chunk and its visual block share a base position,
 so incremental decoding equals the teacher-forced forward of the same layout (`vist2 verify`).
@@ -13,7 +14,6 @@ import inspect
 
 import torch
 
-from vist2.chunking import split_chunks
 from vist2.kvstore import KVStore
 
 PAGE_BATCH = 8  # query pages rendered and encoded per forward during a long prompt's prefill
@@ -115,27 +115,44 @@ def embed_tokens(model, tokens: list[int]) -> torch.Tensor:
     return model.llm.get_input_embeddings()(torch.tensor(tokens, device=model.device)[:, None])
 
 
-def prefill(model, kv: KVStore, slot: int, segments, chunk_tokens: int, bidirectional: bool,
-            encode) -> tuple[torch.Tensor, int]:
-    """A long prompt's segments into an empty slot, text in pieces of K tokens and pages PAGE_BATCH
-    at a time (`encode(texts)` -> (N, beta, d)); returns ((V,) logits, next position)."""
-    base, logits = 0, None
-    for kind, content in segments:
-        if kind == "text":
-            for piece in split_chunks(content, chunk_tokens):
-                embeds = model.llm.get_input_embeddings()(torch.tensor([piece], device=model.device))
-                positions = torch.arange(base, base + len(piece))[None]
-                logits = forward(model, kv, [slot], embeds, positions, new_tokens_mask(len(piece), 1, False))
-                base += len(piece)
-        else:
-            for start in range(0, len(content), PAGE_BATCH):
-                visual = encode(content[start : start + PAGE_BATCH])
-                n, beta, width = visual.shape
-                positions = torch.arange(base, base + n * beta)[None]
-                new = new_tokens_mask(n * beta, beta, bidirectional)
-                logits = forward(model, kv, [slot], visual.reshape(1, n * beta, width), positions, new)
-                base += n * beta
-    return logits[0], base
+class PromptCursor:
+    """Where a prompt's prefill stands: the next piece of its segments and its position."""
+
+    def __init__(self, segments):
+        self.segments, self.index, self.offset, self.base = segments, 0, 0, 0
+
+    @property
+    def done(self) -> bool:
+        return self.index == len(self.segments)
+
+    def next(self, tokens: int, beta: int) -> tuple[str, list]:
+        """The next piece of at most `tokens` positions: text ids, or whole pages (at least one,
+        at most PAGE_BATCH, beta positions each), never beyond the current segment."""
+        kind, content = self.segments[self.index]
+        size = min(tokens, len(content) - self.offset) if kind == "text" else (
+            min(max(tokens // beta, 1), PAGE_BATCH, len(content) - self.offset))
+        piece = content[self.offset : self.offset + size]
+        self.offset += size
+        if self.offset == len(content):
+            self.index, self.offset = self.index + 1, 0
+        return kind, piece
+
+
+def prefill_piece(model, kv: KVStore, slot: int, cursor: PromptCursor, tokens: int, beta: int,
+                  bidirectional: bool, encode) -> torch.Tensor:
+    """Feed the cursor's next piece (`PromptCursor.next`) into a slot that holds what came
+    before it (pages encoded by `encode(texts)` -> (N, beta, d)); (V,) logits of its last token."""
+    kind, piece = cursor.next(tokens, beta)
+    if kind == "text":
+        embeds = model.llm.get_input_embeddings()(torch.tensor([piece], device=model.device))
+        new = new_tokens_mask(len(piece), 1, False)
+    else:
+        visual = encode(piece)
+        embeds = visual.reshape(1, -1, visual.shape[2])
+        new = new_tokens_mask(embeds.shape[1], beta, bidirectional)
+    positions = torch.arange(cursor.base, cursor.base + embeds.shape[1])[None]
+    cursor.base += embeds.shape[1]
+    return forward(model, kv, [slot], embeds, positions, new)[0]
 
 
 def compress(model, kv: KVStore, slots: list[int], chunks: list[int], bases: list[int], visual: torch.Tensor,

@@ -1,10 +1,13 @@
 """The generation engine: requests with their own state join and leave a running batch.
 
-Each `Request` carries its mode (text, pcc, gcc), sampling options, chunk options, prompt
-and chunk phase. `Engine.step` admits waiting requests (prefill into a free slot of the
-`KVStore`), picks one token for every running request, feeds them in one batched forward,
-compresses each gcc row's chunk when its own K tokens are complete, and frees the slots of
-finished requests. `add` and `cancel` may be called between steps, or from another thread.
+Each `Request` carries its mode (text, pcc, gcc), sampling options, chunk options, prompt,
+status and chunk phase. `Engine.step` finishes cancelled requests, admits waiting ones (a
+slot of the `KVStore` with room for their need), prefills prompts (whole, or with
+`prefill_tokens` at most that many positions per step, so running rows keep decoding while a
+long prompt goes in), picks one token for every running request (`_choose`, per row), feeds
+them in one batched forward, compresses each gcc row's chunk when it closes, finishes a row
+whose next forward would pass the backbone's position limit ("length"), and frees the slots
+of finished requests. `add` and `cancel` may be called between steps, or from another thread.
 
     engine = Engine(model, tokenizer)
     request = engine.add("Summarise ...", GenerationConfig(mode="gcc"))
@@ -30,7 +33,8 @@ from vist2.errors import Vist2Error
 from vist2.kvstore import KVStore
 from vist2.options import ChunkOptions, chunk_options
 from vist2.prompt import build_prompt
-from vist2.request import Request, stop_ids
+from vist2.request import Request, Status, stop_ids
+from vist2.sampling import token_logprobs
 
 
 @dataclass
@@ -41,6 +45,7 @@ class Event:
     tokens: list[int]  # ids added to the output (a stop token excluded)
     pages: list[str] = field(default_factory=list)  # page texts its compressed chunk became
     finished: bool = False
+    logprobs: list[tuple[float, list]] = field(default_factory=list)  # per token, when config.logprobs asks
 
 
 def prefill_groups(joining: list[Request]) -> list[list[Request]]:
@@ -59,7 +64,7 @@ def prefill_groups(joining: list[Request]) -> list[list[Request]]:
 
 class Engine:
     def __init__(self, model, tokenizer, renderer=None, options: ChunkOptions | None = None,
-                 max_batch: int | None = None):
+                 max_batch: int | None = None, prefill_tokens: int | None = None):
         from vist2.render import Renderer
 
         implementation = getattr(model.llm.config, "_attn_implementation", "sdpa")
@@ -69,29 +74,38 @@ class Engine:
                              "Vist2Model.from_pretrained(DIR, changes={'attn_implementation': 'sdpa'}) (same weights)")
         if max_batch is not None and max_batch < 1:
             raise Vist2Error(f"max_batch must be >= 1, got {max_batch}")
+        if prefill_tokens is not None and (isinstance(prefill_tokens, bool) or not isinstance(prefill_tokens, int)
+                                           or prefill_tokens < 1):
+            raise Vist2Error(f"prefill_tokens must be a positive integer or None, got {prefill_tokens!r}")
         self.model, self.tokenizer = model, tokenizer
         self.renderer = renderer or Renderer(model.config.render)
         self.options = options or chunk_options(model, self.renderer)
         self.max_batch = max_batch
+        self.prefill_tokens = prefill_tokens  # prompt positions prefilled per step (None: whole prompts)
         self.kv = KVStore(model.llm.config, model.device, model.dtype)
-        self.rows: list[Request] = []  # running, row i in slot i
+        self.max_positions = getattr(model.llm.config, "max_position_embeddings", None) or None
+        self.rows: list[Request] = []  # prefilling or running, row i in slot i
         self.waiting: list[Request] = []
         self._lock = threading.Lock()
+        self._cancels: dict[Request, str] = {}  # asked for by `cancel`, done at the next step
         self._ids = itertools.count()
         self._stop_ids = stop_ids(tokenizer)
 
     # -- the API a caller (generate, stream, a server) uses ------------------------------------
 
     def add(self, query: str | list[int], config, options: ChunkOptions | None = None,
-            forced: list[int] | None = None, keep_logits: bool = False) -> Request:
-        """Queue a request (a prompt string or query ids); it joins the batch at the next step."""
-        request = self.request(query, config, options, forced, keep_logits)
+            forced: list[int] | None = None, keep_logits: bool = False,
+            frame: tuple[list[int], list[int]] | None = None) -> Request:
+        """Queue a request (a prompt string or query ids); it joins the batch at the next step.
+        frame: the ids around the query instead of the ChatML turn (`prompt.build_prompt`)."""
+        request = self.request(query, config, options, forced, keep_logits, frame)
         with self._lock:
             self.waiting.append(request)
         return request
 
     def request(self, query: str | list[int], config, options: ChunkOptions | None = None,
-                forced: list[int] | None = None, keep_logits: bool = False) -> Request:
+                forced: list[int] | None = None, keep_logits: bool = False,
+                frame: tuple[list[int], list[int]] | None = None) -> Request:
         """The request `add` would queue, prompt built and checked (it fits the backbone's
         positions), not queued: a caller can check many prompts before generating any."""
         options = options or self.options
@@ -100,20 +114,25 @@ class Engine:
         ids = self._query_ids(query)
         fill = options.fill(self.renderer, self.tokenizer)
         prompt = build_prompt(self.tokenizer, ids, config.mode, options.chunk_tokens, options.beta,
-                              self.renderer.fits, fill, chat_template=config.chat_template)
-        request = Request(next(self._ids), prompt, config, options, forced, keep_logits)
-        request.check_positions(self.model.llm.config)
-        request.stop_ids = set() if config.ignore_eos or forced is not None else self._stop_ids
+                              self.renderer.fits, fill, chat_template=config.chat_template, frame=frame)
+        generator = None
         if config.seed is not None:
-            request.generator = torch.Generator(device=self.model.device).manual_seed(config.seed)
-        request.chunker = Chunker(self.tokenizer, options.chunk_tokens, fill)
+            generator = torch.Generator(device=self.model.device).manual_seed(config.seed)
+        request = Request(next(self._ids), prompt, config, options, Chunker(self.tokenizer, options.chunk_tokens, fill),
+                          set() if config.ignore_eos or forced is not None else self._stop_ids, generator,
+                          forced, keep_logits)
+        request.check_positions(self.model.llm.config)
         if config.grammar is not None:
             request.constraint = Constraint(config.grammar, self.tokenizer, self._stop_ids)
         return request
 
-    def cancel(self, request: Request) -> None:
-        """Stop a request; its slot is freed at the next step (its result keeps what it made)."""
-        request.cancelled = True
+    def cancel(self, request: Request, reason: str = "cancelled") -> None:
+        """Stop a request for `reason` ("cancelled" or "aborted"); it finishes at the next step,
+        its slot freed (its result keeps what it made). Nothing happens if it finished already."""
+        if reason not in ("cancelled", "aborted"):
+            raise Vist2Error(f"a request is cancelled or aborted, not {reason!r}")
+        with self._lock:
+            self._cancels.setdefault(request, reason)
 
     @property
     def busy(self) -> bool:
@@ -131,31 +150,40 @@ class Engine:
 
     @torch.inference_mode()
     def step(self) -> list[Event]:
-        events = [Event(r, [], finished=True) for r in self.rows if r.cancelled]
-        for event in events:
-            self._leave(event.request)
-        events += self._admit()
-        if not self.rows:
+        events = self._cancel()
+        self._admit()
+        self._prefill()
+        running = [r for r in self.rows if r.status is Status.RUNNING]
+        if not running:
             return events
-        tokens = self._choose()
+        tokens = self._choose(running)
         feed, complete = [], []
-        for request, token in zip(list(self.rows), tokens):
+        for request, token in zip(running, tokens):
             if request.overflows(token):  # fill: compress the full page first, then pick again
-                complete.append((request, Event(request, [])))
-                events.append(complete[-1][1])
+                event = Event(request, [])
+                events.append(event)
+                if self._within_limit(request, request.base + self.options.beta):
+                    complete.append((request, event))
+                event.finished = request.finished
                 continue
             event = Event(request, request.accept(token, self.tokenizer))
+            if event.tokens and request.config.logprobs is not None:
+                event.logprobs.append(token_logprobs(request.logits[: len(self.tokenizer)], token,
+                                                     request.config.logprobs))
             if request.constraint is not None and request.constraint.advance(token):
-                request.finished = True  # the grammar is complete
+                request.end("stop")  # the grammar is complete
             events.append(event)
-            if request.finished:
+            done = False
+            if not request.finished and request.config.mode == "gcc":
+                done = request.add_to_chunk(token)
+            fed = not done or request.options.visual_sees_text  # else nothing will ever see it
+            end = request.base + request.offset + fed  # positions the next forwards take
+            if done:
+                end = max(end, request.base + self.options.beta)
+            if request.finished or not self._within_limit(request, end):
                 event.finished = True
                 continue
-            if request.config.mode != "gcc":
-                feed.append(request)
-                continue
-            done = request.add_to_chunk(token)
-            if not done or request.options.visual_sees_text:  # else nothing will ever see it
+            if fed:
                 feed.append(request)
             if done:
                 complete.append((request, event))
@@ -166,6 +194,14 @@ class Engine:
         for request in [r for r in self.rows if r.finished]:
             self._leave(request)
         return events
+
+    def _within_limit(self, request: Request, end: int) -> bool:
+        """Whether positions [0, end) fit the backbone; if not the request finishes ("length")
+        where it is: fill chunks vary, so a gcc row's positions are known only as they close."""
+        if self.max_positions is None or end <= self.max_positions:
+            return True
+        request.end("length")
+        return False
 
     def _query_ids(self, query: str | list[int]) -> list[int]:
         if isinstance(query, str):
@@ -180,51 +216,91 @@ class Engine:
             raise Vist2Error("the prompt is empty")
         return list(query)
 
-    def _admit(self) -> list[Event]:
+    def _cancel(self) -> list[Event]:
+        """Finish the requests `cancel` was asked for: running ones leave, waiting ones never run."""
         with self._lock:
-            dropped = [r for r in self.waiting if r.cancelled]
-            waiting = [r for r in self.waiting if not r.cancelled]
-            room = len(waiting) if self.max_batch is None else max(self.max_batch - len(self.rows), 0)
-            joining, self.waiting = waiting[:room], waiting[room:]
+            cancels, self._cancels = self._cancels, {}
+            self.waiting = [r for r in self.waiting if r not in cancels]
         events = []
-        for request in dropped:  # cancelled before it ever ran
-            request.finish(self.kv)
+        for request, reason in cancels.items():
+            if request.finished:
+                continue
+            request.end(reason)
             events.append(Event(request, [], finished=True))
-        for request in joining:
-            request.slot = self.kv.add_slot()
-            self.rows.append(request)
-        for group in prefill_groups(joining):
-            started = time.perf_counter()
-            first = group[0]
-            options, encode = first.options, lambda texts: self._encode(texts, group)
-            if first.prompt.positions > decode.PREFILL_TOKENS:  # alone: in pieces, as memory allows
-                logits, _ = decode.prefill(self.model, self.kv, first.slot, first.prompt.segments,
-                                           options.chunk_tokens, options.bidirectional_visual, encode)
-                logits = logits[None]
+            if request in self.rows:
+                self._leave(request)
             else:
-                logits = decode.prefill_rows(self.model, self.kv, [r.slot for r in group],
-                                             [r.prompt.segments for r in group], options.bidirectional_visual, encode)
-            for request, row_logits in zip(group, logits):
-                request.logits, request.base = row_logits, request.prompt.positions
-                request.stats.prefill_s = time.perf_counter() - started
-                request.measure(self.kv)
+                request.finish(self.kv)
         return events
 
-    def _choose(self) -> list[int]:
+    def _admit(self) -> None:
+        with self._lock:
+            room = len(self.waiting) if self.max_batch is None else max(self.max_batch - len(self.rows), 0)
+            joining, self.waiting = self.waiting[:room], self.waiting[room:]
+        for request, slot in zip(joining, self.kv.add_slots([r.kv_need() for r in joining])):
+            request.start(slot)
+            self.rows.append(request)
+
+    def _prefill(self) -> None:
+        """Prompts into their slots, oldest first: a short one whole (several per forward), a long
+        one in pieces. With `prefill_tokens`, at most that many positions this step (at least one
+        piece), so running rows keep decoding while a long prompt goes in over several steps."""
+        left = self.prefill_tokens if self.prefill_tokens is not None else float("inf")
+        whole = []
+        for request in sorted((r for r in self.rows if r.status is Status.PREFILL), key=lambda r: r.id):
+            if left <= 0:
+                break
+            if request.cursor is None and request.prompt.positions <= min(left, decode.PREFILL_TOKENS):
+                whole.append(request)
+                left -= request.prompt.positions
+                continue
+            request.cursor = request.cursor or decode.PromptCursor(request.prompt.segments)
+            left -= self._prefill_pieces(request, left)
+        for group in prefill_groups(whole):
+            started = time.perf_counter()
+            logits = decode.prefill_rows(self.model, self.kv, [r.slot for r in group],
+                                         [r.prompt.segments for r in group], group[0].options.bidirectional_visual,
+                                         lambda texts: self._encode(texts, group))
+            for request, row_logits in zip(group, logits):
+                request.stats.prefill_s += time.perf_counter() - started
+                request.prefilled(row_logits, self.kv)
+
+    def _prefill_pieces(self, request: Request, left: float) -> int:
+        """Pieces of one prompt up to `left` positions (unlimited: text in K-token pieces and pages
+        PAGE_BATCH at a time, as `bench.bounds` counts them); returns the positions fed."""
+        started, cursor, options, used = time.perf_counter(), request.cursor, request.options, 0
+        text_piece = options.chunk_tokens if self.prefill_tokens is None else decode.PREFILL_TOKENS
+        while not cursor.done and used < left:
+            pages = cursor.segments[cursor.index][0] == "pages"
+            if pages and used and left - used < options.beta:
+                break
+            before = cursor.base
+            request.logits = decode.prefill_piece(
+                self.model, self.kv, request.slot, cursor,
+                min(left - used, decode.PAGE_BATCH * options.beta if pages else text_piece), options.beta,
+                options.bidirectional_visual, lambda texts: self._encode(texts, [request]))
+            used += cursor.base - before
+        request.stats.prefill_s += time.perf_counter() - started
+        if cursor.done:
+            request.prefilled(request.logits, self.kv)
+        return used
+
+    def _choose(self, rows: list[Request]) -> list[int]:
         """One token per running row: forced, greedy (batched) or sampled (per row)."""
         from vist2.sampling import sample
 
         vocabulary = len(self.tokenizer)  # the embedding matrix may be padded beyond it
-        logits = constrain.mask(torch.stack([r.logits for r in self.rows])[:, :vocabulary], self.rows)
+        logits = constrain.mask(torch.stack([r.logits for r in rows])[:, :vocabulary], rows)
         greedy = logits.argmax(-1).tolist()
         tokens = []
-        for index, request in enumerate(self.rows):
+        for index, request in enumerate(rows):
             if request.forced is not None:
                 tokens.append(request.forced[request.stats.generated_tokens])
             elif request.plain_greedy:
                 tokens.append(greedy[index])
             else:
-                chosen = sample(logits[index : index + 1], [request.history], request.config, request.generator)
+                chosen = sample(logits[index : index + 1], [request.history], request.config, request.generator,
+                                [request.output])
                 tokens.append(int(chosen[0]))
             if request.keep_logits:
                 request.kept.append(request.logits)
@@ -285,3 +361,4 @@ class Engine:
         if moved is not None:
             next(r for r in self.rows if r.slot == moved).slot = request.slot
             self.rows.sort(key=lambda r: r.slot)
+        request.slot = None

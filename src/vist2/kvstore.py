@@ -6,8 +6,16 @@ the slots it runs and where each writes (`begin`); transformers then calls `upda
 layer, which writes the new keys and values in place and returns the slots' buffers up to
 the longest attended length. A gcc row's visual block is written after its chunk and then
 copied over it (`move`, beta entries), so eviction reallocates nothing and the freed entries
-are reused by the row's next tokens. Buffers grow in steps of GROW entries and shrink when
-half of them are free, so memory a finished request held is really returned.
+are reused by the row's next tokens.
+
+Memory: a slot is added with the entries its request can need at most (`Request.kv_need`), and
+the capacity is the largest need of the slots in use, so a request whose need is known (text,
+pcc, gcc with K-token chunks) never reallocates while it decodes. A forward that still finds
+no room (gcc with fill chunks, whose count is known only as they close) grows the capacity
+geometrically, so copies stay linear in the answer length. The buffers shrink when both slots
+and capacity fit in half, so memory a finished request held is really returned. `nbytes`
+counts what is allocated, reserved entries not yet written included; `bytes_copied` counts
+what reallocation and slot compaction copied (not eviction's `move`).
 
 Chosen by measurement over a `DynamicCache` with per-row eviction: see benchmarks/engine_*.
 """
@@ -18,8 +26,7 @@ import torch
 
 from vist2.errors import Vist2Error
 
-GROW = 32  # capacity grows in steps of this many entries (a copy of the store each time)
-
+GROWTH = 2  # a forward beyond the capacity multiplies it by at least this
 
 class KVStore:
     def __init__(self, llm_config, device: torch.device, dtype: torch.dtype):
@@ -34,6 +41,9 @@ class KVStore:
         self.values = torch.zeros(self.shape, device=device, dtype=dtype)
         self._nbytes = 0  # storage bytes held, updated when the buffers are reallocated
         self.lengths: list[int] = []  # entries held per slot in use
+        self.needs: list[int] = []  # entries reserved per slot in use
+        self.reallocations = 0
+        self.bytes_copied = 0  # by reallocation and slot compaction
         self._rows: torch.Tensor | slice = slice(0, 0)  # the slots of the current forward
         self._index: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, 1) slots, (B, q) entries written
         self._attend = 0  # entries the current forward attends (per slot, padding masked)
@@ -50,30 +60,35 @@ class KVStore:
         """Bytes of storage held by all layers' keys and values."""
         return self._nbytes
 
-    def reserve(self, slots: int, entries: int) -> None:
-        """Room for `slots` slots of `entries` entries; reallocates (copying what is held) only
-        to grow, or to shrink when both fit in half of what is held."""
-        need_capacity = -(-entries // GROW) * GROW
-        grow = slots > self.slots or need_capacity > self.capacity
-        shrink = 2 * slots <= self.slots and 2 * need_capacity <= self.capacity
-        if grow or shrink:
+    def _fit(self) -> None:
+        """Grow to the slots and needs in use, or shrink when both fit in half of what is held."""
+        slots, entries = len(self.lengths), max(self.needs, default=0)
+        grow = slots > self.slots or entries > self.capacity
+        shrink = 2 * slots <= self.slots and 2 * entries <= self.capacity
+        if (grow or shrink) and (slots, entries) != (self.slots, self.capacity):
             self._resize(slots if shrink else max(slots, self.slots),
-                         need_capacity if shrink else max(need_capacity, self.capacity))
+                         entries if shrink else max(entries, self.capacity))
 
     def _resize(self, slots: int, capacity: int) -> None:
         layers, _, heads, _, head_dim = self.shape
-        keep_slots, keep = min(slots, self.slots), min(capacity, self.capacity)
+        keep_slots = min(slots, self.slots, len(self.lengths))
+        keep = min(capacity, max(self.lengths[:keep_slots], default=0))
         for name in ("keys", "values"):
             old = getattr(self, name)
             new = torch.zeros(layers, slots, heads, capacity, head_dim, device=old.device, dtype=old.dtype)
             new[:, :keep_slots, :, :keep] = old[:, :keep_slots, :, :keep]
             setattr(self, name, new)
+        self.reallocations += 1
+        self.bytes_copied += 2 * layers * keep_slots * heads * keep * head_dim * self.keys.element_size()
         self._nbytes = self.keys.untyped_storage().nbytes() + self.values.untyped_storage().nbytes()
 
-    def add_slot(self) -> int:
-        self.lengths.append(0)
-        self.reserve(len(self.lengths), max(self.lengths))
-        return len(self.lengths) - 1
+    def add_slots(self, needs: list[int]) -> list[int]:
+        """New slots, each with room for its number of entries (one reallocation for all)."""
+        first = len(self.lengths)
+        self.lengths += [0] * len(needs)
+        self.needs += list(needs)
+        self._fit()
+        return list(range(first, len(self.lengths)))
 
     def free_slot(self, slot: int) -> int | None:
         """Free a slot; the last slot moves into it (returns its old index) so slots stay compact."""
@@ -83,10 +98,12 @@ class KVStore:
             count = self.lengths[last]
             self.keys[:, slot, :, :count] = self.keys[:, last, :, :count]
             self.values[:, slot, :, :count] = self.values[:, last, :, :count]
-            self.lengths[slot] = count
+            self.bytes_copied += 2 * self.keys[:, slot, :, :count].numel() * self.keys.element_size()
+            self.lengths[slot], self.needs[slot] = count, self.needs[last]
             moved = last
         self.lengths.pop()
-        self.reserve(len(self.lengths), max(self.lengths, default=0))
+        self.needs.pop()
+        self._fit()
         return moved
 
     def begin(self, slots: list[int], q: int) -> int:
@@ -94,7 +111,12 @@ class KVStore:
         the attended length (the longest slot's entries + q)."""
         starts = [self.lengths[s] for s in slots]
         self._attend = max(starts) + q
-        self.reserve(len(self.lengths), self._attend)
+        for s, start in zip(slots, starts):
+            self.needs[s] = max(self.needs[s], start + q)
+        if self._attend > self.capacity:  # beyond every reservation (gcc fill): grow geometrically
+            grown = max(self._attend, GROWTH * self.capacity)
+            self.needs = [grown if need > self.capacity else need for need in self.needs]
+        self._fit()
         device = self.keys.device
         index = torch.tensor(slots, device=device)
         contiguous = slots == list(range(slots[0], slots[0] + len(slots)))

@@ -64,6 +64,11 @@ class GenerationConfig:
     ignore_eos: bool = False
     seed: int | None = None
     chat_template: bool = True  # False: the prompt is the query alone (LongBench's trec, lcc, ...)
+    presence_penalty: float = 0.0  # subtracted once from every token already generated (OpenAI's)
+    frequency_penalty: float = 0.0  # subtracted per occurrence in the generated tokens
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    min_p: float = 0.0  # drop tokens less likely than min_p times the likeliest; 0 = off
+    logprobs: int | None = None  # report each token's log-probability and this many alternatives
     grammar: str | None = None  # the output follows this llguidance grammar (vist2.constrain)
 
     def __post_init__(self) -> None:
@@ -74,7 +79,7 @@ class GenerationConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise Vist2Error(f"{name} must be an integer, got {value!r}")
-        for name in ("temperature", "top_p", "repetition_penalty"):
+        for name in ("temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_p"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not -INF < value < INF:
                 raise Vist2Error(f"{name} must be a finite number, got {value!r}")
@@ -92,6 +97,12 @@ class GenerationConfig:
             raise Vist2Error("stop strings must be non-empty")
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
             raise Vist2Error(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        if not 0 <= self.min_p <= 1:
+            raise Vist2Error(f"min_p must be in [0, 1], got {self.min_p}")
+        if not all(isinstance(t, int) and isinstance(v, (int, float)) and -INF < v < INF for t, v in self.logit_bias):
+            raise Vist2Error(f"logit_bias must hold (token id, finite number) pairs, got {self.logit_bias!r}")
+        if self.logprobs is not None and (not isinstance(self.logprobs, int) or self.logprobs < 0):
+            raise Vist2Error(f"logprobs must be None or an integer >= 0, got {self.logprobs!r}")
         for name in ("ignore_eos", "chat_template"):
             if not isinstance(getattr(self, name), bool):
                 raise Vist2Error(f"{name} must be True or False, got {getattr(self, name)!r}")

@@ -88,10 +88,15 @@ class Prompt:
 
 
 def build_prompt(tokenizer, query_ids: list[int], mode: str, chunk_tokens: int, beta: int,
-                 fits: Fits = None, fill: Fill | None = None, *, chat_template: bool = True) -> Prompt:
+                 fits: Fits = None, fill: Fill | None = None, *, chat_template: bool = True,
+                 frame: tuple[list[int], list[int]] | None = None) -> Prompt:
     """The prompt of `mode`: text keeps the query as text; pcc and gcc compress it (fill: `chunking.Fill`).
-    chat_template=False: the query alone, without the ChatML turn around it."""
-    user, assistant, _ = chat_parts(tokenizer) if chat_template else ([], [], [])
+    chat_template=False: the query alone, without the ChatML turn around it. frame: the ids
+    before and after the query (kept as text) instead of the ChatML turn (a server's chat template)."""
+    if frame is not None:
+        user, assistant = list(frame[0]), list(frame[1])
+    else:
+        user, assistant, _ = chat_parts(tokenizer) if chat_template else ([], [], [])
     full = user + list(query_ids) + assistant
     if mode == "text":
         return Prompt((("text", full),), len(full), len(full), full)

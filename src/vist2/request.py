@@ -1,15 +1,24 @@
-"""One generation request: its prompt, options, per-row decoding state and statistics."""
+"""One generation request: its prompt, options, status, per-row decoding state and statistics.
+
+A request is waiting (queued), prefilling (it holds a slot of the KV store, its prompt going
+in, maybe in pieces over several steps), running (decoding) or finished, with a
+reason: "stop" (a stop token or string), "length" (max_new_tokens, or the backbone's position
+limit), "cancelled" (its caller gave up: `Engine.cancel`) or "aborted" (the server stopped or
+failed). Every finish reason generate, eval and serve report is this one.
+"""
 
 from __future__ import annotations
 
+import enum
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from vist2.errors import Vist2Error
+from vist2.errors import ContextLengthError
 from vist2.options import ChunkOptions, GenerationConfig
 from vist2.prompt import Prompt, changes, chunk_pages
+from vist2.sampling import plain_greedy
 
 
 @dataclass
@@ -19,7 +28,7 @@ class GenerationStats:
     kv_tokens_peak: int = 0  # most cache entries this row held at any time
     kv_tokens_final: int = 0
     kv_tokens_full_text: int = 0  # entries a full-text run would hold: text prompt + output
-    kv_bytes_peak: int = 0  # most bytes the KV store held (all rows) while this request ran
+    kv_bytes_peak: int = 0  # most bytes the KV store held (all rows, reserved room included) while this ran
     time_to_first_token_s: float = 0.0  # from `Engine.add` (queueing and prefill included)
     prefill_s: float = 0.0
     decode_s: float = 0.0  # after the first token
@@ -41,6 +50,17 @@ class GenerationResult:
     mode: str
     stats: GenerationStats
     token_ids: list[int]  # generated ids, a final EOS excluded
+    finish_reason: str | None = None  # one of FINISH_REASONS (None: not finished yet)
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    PREFILL = "prefill"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+FINISH_REASONS = ("stop", "length", "cancelled", "aborted")
 
 
 def stop_ids(tokenizer) -> set[int]:
@@ -62,44 +82,82 @@ class Request:
     prompt: Prompt
     config: GenerationConfig
     options: ChunkOptions
+    chunker: object  # a chunking.Chunker: where response chunks close (gcc), and their page text
+    stop_ids: set[int]  # tokens that end it (none when forced or ignore_eos)
+    generator: torch.Generator | None  # its own sampling generator when seeded
     forced: list[int] | None = None  # teacher-forced tokens instead of sampling (`score`)
     keep_logits: bool = False  # keep the logits that chose each token in `kept`
     stats: GenerationStats = field(default_factory=GenerationStats)
-    stop_ids: set[int] = field(default_factory=set)
-    generator: torch.Generator | None = None
-    chunker: object = None  # a chunking.Chunker: where response chunks close (gcc), and their page text
     constraint: object = None  # a constrain.Constraint when config.grammar is set
-    slot: int = -1
+    status: Status = Status.WAITING
+    finish_reason: str | None = None  # set when it finishes, one of FINISH_REASONS
+    slot: int | None = None  # its slot of the KV store while prefilling and running
+    cursor: object = None  # a decode.PromptCursor while its prompt goes in piece by piece
     base: int = 0  # next persistent position
     offset: int = 0  # transient chunk tokens in the cache, on top of `base`
     output: list[int] = field(default_factory=list)
     logits: torch.Tensor | None = None  # (V,) fp32 logits of the next token
     kept: list[torch.Tensor] = field(default_factory=list)
-    finished: bool = False
-    cancelled: bool = False
     added_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
 
     def __post_init__(self) -> None:
         self.history = list(self.prompt.context_ids)  # seen by the repetition penalty and n-gram ban
         config = self.config
-        self.plain_greedy = (config.temperature == 0 and config.repetition_penalty == 1.0
-                             and config.no_repeat_ngram_size == 0)
+        self.plain_greedy = plain_greedy(config)
         self.steps = len(self.forced) if self.forced is not None else config.max_new_tokens
         self.longest_stop = max((len(s) for s in config.stop_strings), default=0)
         self._chars = self._pages = 0  # characters and pages of the response's compressed chunks
 
+    @property
+    def finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+    def start(self, slot: int) -> None:
+        self.status, self.slot = Status.PREFILL, slot
+
+    def prefilled(self, logits: torch.Tensor, kv) -> None:
+        """Its prompt is in the cache: it decodes from the logits of the prompt's last token."""
+        self.status, self.cursor, self.logits, self.base = Status.RUNNING, None, logits, self.prompt.positions
+        self.measure(kv)
+
+    def end(self, reason: str) -> None:
+        """Finished for `reason` (the first reason stands)."""
+        if reason not in FINISH_REASONS:
+            raise ValueError(f"unknown finish reason {reason!r}")
+        if self.status is not Status.FINISHED:
+            self.status, self.finish_reason = Status.FINISHED, reason
+
     def check_positions(self, llm_config) -> None:
+        """Refuse a request that cannot fit the backbone's positions even at best (fill: chunks of
+        max_tokens); a gcc fill row that runs out of positions later finishes "length" there."""
         limit = getattr(llm_config, "max_position_embeddings", None)
         if not limit:
             return
-        K, beta, n, mode = self.options.chunk_tokens, self.options.beta, self.steps, self.config.mode
+        fill = self.chunker.fill
+        K = fill.max_tokens if fill is not None else self.options.chunk_tokens
+        beta, n, mode = self.options.beta, self.steps, self.config.mode
         response = (n // K) * beta + min(n, K) if mode == "gcc" else n
         if self.prompt.positions + response > limit:
-            raise Vist2Error(
+            raise ContextLengthError(
                 f"the {mode} prompt needs {self.prompt.positions} positions and {n} new tokens up to "
                 f"{response} more, beyond the backbone's limit of {limit} (max_position_embeddings); "
-                "shorten the prompt, lower --max-new-tokens or use gcc/pcc compression")
+                "shorten the prompt, lower --max-new-tokens or use gcc/pcc compression",
+                self.prompt.positions, response, limit)
+
+    def kv_need(self) -> int:
+        """Most cache entries this request can hold: the prompt and every fed token (the last one
+        sampled never is); gcc: the persistent entries, the last closed chunk and its visual
+        block. With fill chunks (at most max_tokens each) the count of chunks is known only as
+        they close: this is then the least it can need (the store grows beyond it)."""
+        n, P = self.steps, self.prompt.positions
+        fill = self.chunker.fill
+        chunk = fill.max_tokens if fill is not None else self.options.chunk_tokens
+        chunks = -(-n // chunk)
+        if self.config.mode != "gcc" or chunks < 2:
+            return P + max(n - 1, 0)
+        fed = chunk if self.options.visual_sees_text else chunk - 1
+        return P + (chunks - 1) * self.options.beta + fed
 
     def accept(self, token: int, tokenizer) -> list[int]:
         """Take the chosen token; returns the ids it adds to the output (none for a stop token)."""
@@ -108,16 +166,17 @@ class Request:
         self.stats.generated_tokens += 1
         added = []
         if token in self.stop_ids:
-            self.finished = True
+            self.end("stop")
         else:
             self.output.append(token)
             self.history.append(token)
             added.append(token)
             if self.longest_stop:
                 tail = tokenizer.decode(self.output[-(4 * self.longest_stop + 4) :], skip_special_tokens=True)
-                self.finished = cut_at_stop(tail, self.config.stop_strings)[1]
+                if cut_at_stop(tail, self.config.stop_strings)[1]:
+                    self.end("stop")
         if self.stats.generated_tokens >= self.steps:
-            self.finished = True
+            self.end("length")
         return added
 
     def overflows(self, token: int) -> bool:
@@ -152,11 +211,10 @@ class Request:
         self.stats.kv_bytes_peak = max(self.stats.kv_bytes_peak, kv.nbytes())
 
     def finish(self, kv) -> None:
-        """Final statistics, when the request leaves the engine."""
-        self.finished = True
+        """Final statistics, when the finished request leaves the engine (its slot not yet freed)."""
         end = time.perf_counter()
         stats = self.stats
-        stats.kv_tokens_final = kv.lengths[self.slot] if self.slot >= 0 else 0
+        stats.kv_tokens_final = kv.lengths[self.slot] if self.slot is not None else 0
         stats.kv_tokens_full_text = self.prompt.full_text_tokens + stats.generated_tokens
         stats.pages_refit += self.prompt.pages_refit
         stats.chunks_split += self.prompt.chunks_split
@@ -171,4 +229,4 @@ class Request:
 
     def result(self, tokenizer) -> GenerationResult:
         text, _ = cut_at_stop(tokenizer.decode(self.output, skip_special_tokens=True), self.config.stop_strings)
-        return GenerationResult(text, self.config.mode, self.stats, list(self.output))
+        return GenerationResult(text, self.config.mode, self.stats, list(self.output), self.finish_reason)

@@ -202,6 +202,7 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
                         "id": sample.id, "task": sample.task, "length": sample.length, "mode": mode,
                         "prompt_sha256": run_folder.sha256_text(sample.query), "prediction": result.text,
                         "references": list(sample.references), "scores": score(sample, result.text),
+                        "finish_reason": result.finish_reason,
                         "stats": result.stats.as_dict(),
                     }
                     done[run_folder.key(record)] = record

@@ -3,39 +3,32 @@
 - `response_format`: `{"type": "json_object"}` or `{"type": "json_schema", "json_schema":
   {"name", "schema", "strict"}}` becomes the request's grammar (vist2.constrain); the reply is
   then valid JSON for it (unless `max_tokens` cuts it: finish_reason "length").
-- `tools` with `tool_choice`: the prompt is the conversation rendered by the model's chat
-  template with `tools=` when the template renders tools; otherwise a system turn lists them
-  (`TOOLS_PROMPT`). Calls are written `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`
-  (the Hermes/Qwen format), one block per call, and the grammar forces it:
+- `tools` with `tool_choice`: the tools offered go into the prompt through serve/chat.py (the
+  model's chat template with `tools=` when it renders tools, else a system turn listing them).
+  Calls are written `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>` (the
+  Hermes/Qwen format, `chat.OPEN`/`chat.CLOSE`), one block per call, and the grammar forces it:
   `required` - one or more calls (one if `parallel_tool_calls` is false); a named function -
   calls of it; `auto` - a reply that starts with `<` is calls, any other reply is text (or JSON
   for the `response_format`, if given), so the model decides at its first token; `none` - the
   tools are left out of the prompt (as vLLM does) and the reply is free text.
-  Earlier `tool_calls` and `tool` results in the conversation render as the same blocks, and
-  `<tool_response>` blocks in a user turn, when the template has no tool format of its own.
 - The reply's blocks become `tool_calls` (ids `call_...`, arguments as a JSON string) with
   finish_reason "tool_calls".
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vist2.constrain import grammar_error, json_schema_grammar, lark_grammar
 from vist2.errors import Vist2Error
+from vist2.serve.chat import CLOSE, OPEN
 from vist2.serve.protocol import ApiError
 
-OPEN, CLOSE = "<tool_call>\n", "\n</tool_call>"
-CALLS = re.compile(r"<tool_call>\n(.*?)\n</tool_call>", re.DOTALL)
+CALLS = re.compile(re.escape(OPEN) + "(.*?)" + re.escape(CLOSE), re.DOTALL)
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-TOOLS_PROMPT = ("You may call functions to answer. They are described here as JSON, with a JSON schema of their "
-                "parameters:\n<tools>\n{tools}\n</tools>\nTo call functions, reply with one block per call and "
-                "nothing else:\n<tool_call>\n{{\"name\": \"<function name>\", \"arguments\": {{<its arguments>}}}}"
-                "\n</tool_call>")
 
 
 @dataclass(frozen=True)
@@ -43,23 +36,16 @@ class Structured:
     """What a request's structured-output fields ask of the engine and of the reply."""
 
     grammar: str | None  # llguidance grammar for every choice, None: free text
-    prompt: str | None  # the rendered conversation (tools requests), None: the usual chat prompt
+    tools: list | None  # the tools the prompt offers (chat.chat_query renders them), None: none
     calls: bool  # the reply may hold tool calls to parse
 
 
-def parse(body: dict, tokenizer, stop_ids, chat: bool) -> Structured | None:
+def parse(body: dict, tokenizer, stop_ids) -> Structured | None:
     """The request's `response_format`, `tools`, `tool_choice` and `parallel_tool_calls`
-    checked (400 naming the field); None when it has none of them."""
-    for legacy in ("functions", "function_call"):
-        if body.get(legacy) is not None:
-            raise ApiError(f"{legacy} is the deprecated form of tools/tool_choice; send tools and tool_choice",
-                           legacy)
+    checked (400 naming the field); None when it has none of them. (Completions never get
+    here with tools: protocol.check_fields refuses them.)"""
     schema = _response_schema(body.get("response_format"))
     tools = body.get("tools")
-    if not chat:
-        for name in ("tools", "tool_choice", "parallel_tool_calls"):
-            if body.get(name) is not None:
-                raise ApiError(f"{name} is only taken by /v1/chat/completions", name)
     if tools is None:
         for name in ("tool_choice", "parallel_tool_calls"):
             if body.get(name) is not None:
@@ -72,27 +58,21 @@ def parse(body: dict, tokenizer, stop_ids, chat: bool) -> Structured | None:
     parallel = True if body.get("parallel_tool_calls") is None else body["parallel_tool_calls"]
     if not isinstance(parallel, bool):
         raise ApiError(f"parallel_tool_calls must be true or false, got {parallel!r}", "parallel_tool_calls")
-    offered = None if choice == "none" else tools
-    prompt = render(body.get("messages"), offered, tokenizer)
     if choice == "none":
         grammar = None if schema is None else _grammar(json_schema_grammar, schema, "response_format", tokenizer,
                                                          stop_ids)
-        return Structured(grammar, prompt, False)
+        return Structured(grammar, None, False)
     called = functions if choice in ("auto", "required") else {choice: functions[choice]}
     lark = calls_lark(called, parallel, text=choice == "auto", schema=schema)
-    return Structured(_grammar(lark_grammar, lark, "tools", tokenizer, stop_ids), prompt, True)
+    return Structured(_grammar(lark_grammar, lark, "tools", tokenizer, stop_ids), tools, True)
 
 
 def job_for(job, structured: Structured):
-    """`job` (protocol.Job) with the grammar, and the rendered prompt taken as it is."""
-    from dataclasses import replace
-
+    """`job` (protocol.Job) with the grammar in its config."""
     if structured.grammar is not None and job.config.no_repeat_ngram_size:
         raise ApiError("no_repeat_ngram_size cannot be combined with response_format or tools (the ban may forbid "
                        "every token the grammar allows)", "no_repeat_ngram_size")
-    config = replace(job.config, grammar=structured.grammar,
-                     chat_template=job.config.chat_template and structured.prompt is None)
-    return replace(job, config=config)
+    return replace(job, config=replace(job.config, grammar=structured.grammar))
 
 
 def calls_lark(functions: dict[str, dict], parallel: bool, text: bool, schema: dict | None) -> str:
@@ -181,85 +161,6 @@ def _tool_choice(choice, functions: dict) -> str:
         return name
     raise ApiError("tool_choice must be \"none\", \"auto\", \"required\" or "
                    "{\"type\": \"function\", \"function\": {\"name\": ...}}", "tool_choice")
-
-
-@functools.lru_cache(maxsize=4)
-def renders_tools(tokenizer) -> bool:
-    """The chat template renders `tools=` (it changes the prompt)."""
-    probe = [{"type": "function", "function": {"name": "vist2_probe", "parameters": {"type": "object"}}}]
-    messages = [{"role": "user", "content": "hi"}]
-    try:
-        with_tools = tokenizer.apply_chat_template(messages, tools=probe, tokenize=False, add_generation_prompt=True)
-    except Exception:  # a template that breaks on tools= has no tool format
-        return False
-    return "vist2_probe" in with_tools
-
-
-def render(messages, tools: list | None, tokenizer) -> str:
-    """The conversation (OpenAI messages, tool turns included) as the chat template renders it,
-    with the assistant turn opened."""
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        raise ApiError("messages must be a non-empty list of {role, content} objects", "messages")
-    turns = [_turn(message, index) for index, message in enumerate(messages)]
-    if getattr(tokenizer, "chat_template", None) and renders_tools(tokenizer):
-        return tokenizer.apply_chat_template(turns, tools=tools, tokenize=False, add_generation_prompt=True)
-    turns = [_as_text(turn) for turn in turns]
-    if tools:
-        listing = TOOLS_PROMPT.format(tools="\n".join(json.dumps(tool) for tool in tools))
-        if turns[0]["role"] == "system":
-            turns[0] = {"role": "system", "content": turns[0]["content"] + "\n\n" + listing}
-        else:
-            turns.insert(0, {"role": "system", "content": listing})
-    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-
-
-def _turn(message: dict, index: int) -> dict:
-    """One message checked, its content as text; assistant tool_calls and tool ids kept."""
-    role = message.get("role")
-    if role not in ("system", "developer", "user", "assistant", "tool"):
-        raise ApiError(f"messages[{index}].role must be system, developer, user, assistant or tool, got {role!r}",
-                       f"messages[{index}].role")
-    content = message.get("content")
-    if isinstance(content, list):
-        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
-            raise ApiError("only text content parts are supported", f"messages[{index}].content")
-        content = "".join(p["text"] for p in content)
-    calls = message.get("tool_calls") if role == "assistant" else None
-    if not isinstance(content, str) and not (content is None and calls):
-        raise ApiError(f"messages[{index}].content must be a string or a list of text parts",
-                       f"messages[{index}].content")
-    turn = {"role": "system" if role == "developer" else role, "content": content or ""}
-    if calls is not None:
-        if not isinstance(calls, list):
-            raise ApiError(f"messages[{index}].tool_calls must be a list", f"messages[{index}].tool_calls")
-        turn["tool_calls"] = [_past_call(call, f"messages[{index}].tool_calls[{i}]") for i, call in enumerate(calls)]
-    if role == "tool" and "tool_call_id" in message:
-        turn["tool_call_id"] = message["tool_call_id"]
-    return turn
-
-
-def _past_call(call, param: str) -> dict:
-    function = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise ApiError(f"{param} must be {{\"type\": \"function\", \"function\": {{\"name\", \"arguments\"}}}}", param)
-    arguments = function.get("arguments", "{}")
-    try:
-        arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
-    except ValueError:
-        raise ApiError(f"{param}.function.arguments must be a JSON string", param) from None
-    return {"type": "function", "id": call.get("id"), "function": {"name": function["name"], "arguments": arguments}}
-
-
-def _as_text(turn: dict) -> dict:
-    """A turn for a template without a tool format: calls and results as text blocks."""
-    if turn.get("tool_calls"):
-        blocks = [OPEN + json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]}) + CLOSE
-                  for c in turn["tool_calls"]]
-        text = (turn["content"] + "\n" if turn["content"] else "") + "\n".join(blocks)
-        return {"role": "assistant", "content": text}
-    if turn["role"] == "tool":
-        return {"role": "user", "content": f"<tool_response>\n{turn['content']}\n</tool_response>"}
-    return {"role": turn["role"], "content": turn["content"]}
 
 
 def reply(text: str, structured: Structured | None) -> tuple[str | None, list[dict] | None]:

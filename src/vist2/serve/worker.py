@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class Worker:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
+        self._abort_at: float | None = None
         self.thread = threading.Thread(target=self._run, name="vist2-engine", daemon=True)
 
     def start(self) -> None:
@@ -42,16 +44,16 @@ class Worker:
     def queued(self) -> int:
         return len(self._pending) + len(self.engine.waiting)
 
-    async def submit(self, query: str, configs: list, queue: asyncio.Queue) -> list:
-        """Add one request per config (all answer to `queue`); raises QueueFull or Vist2Error."""
+    async def submit(self, items: list, queue: asyncio.Queue) -> list:
+        """Add one request per (chat.Query, config) (all answer to `queue`); raises QueueFull or Vist2Error."""
         loop = asyncio.get_running_loop()
         futures = []
         with self._lock:
-            if self._stopping:
+            if self._stopping or self._abort_at is not None:
                 raise QueueFull("the server is shutting down")
-            if self.queued + len(configs) > self.max_queue:
+            if self.queued + len(items) > self.max_queue:
                 raise QueueFull(f"{self.queued} requests are already queued (--max-queue {self.max_queue})")
-            for config in configs:
+            for query, config in items:
                 future = Future()
                 self._pending.append((query, config, loop, queue, future))
                 futures.append(future)
@@ -70,12 +72,19 @@ class Worker:
         self.engine.cancel(request)
         self._wake.set()
 
+    def abort_after(self, seconds: float) -> None:
+        """Shutdown began: take no new requests, and cancel those still running after `seconds`
+        (their answers end with finish_reason "abort")."""
+        with self._lock:
+            self._abort_at = time.monotonic() + seconds
+        self._wake.set()
+
     def stop(self) -> None:
         """Cancel whatever is left and end the thread (after the server stopped taking requests)."""
         with self._lock:
             self._stopping = True
         for request in list(self._queues):
-            self.engine.cancel(request)
+            self.engine.cancel(request, "aborted")
         self._wake.set()
         self.thread.join(timeout=30)
 
@@ -84,7 +93,7 @@ class Worker:
             pending, self._pending = self._pending, []
         for query, config, loop, queue, future in pending:
             try:
-                request = self.engine.add(query, config)
+                request = self.engine.add(query.ids, config, frame=query.frame)
             except Vist2Error as error:
                 future.set_exception(error)
                 continue
@@ -93,7 +102,7 @@ class Worker:
 
     def _fail(self, error: Exception) -> None:
         for request, (loop, queue) in list(self._queues.items()):
-            self.engine.cancel(request)
+            self.engine.cancel(request, "aborted")
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, error)
             except RuntimeError:
@@ -104,6 +113,9 @@ class Worker:
         engine = self.engine
         while True:
             self._add_pending()
+            if self._abort_at is not None and time.monotonic() >= self._abort_at:
+                for request in list(self._queues):
+                    engine.cancel(request)
             if not engine.busy:
                 if self._stopping:
                     return
