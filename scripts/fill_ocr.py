@@ -26,7 +26,7 @@ from vist2.eval import ocr
 from vist2.options import ChunkOptions
 from vist2.render import Renderer
 from vist2.tokenizer import byte_tokenizer
-from vist2.train.quickstart import _write, corpus, random_text, split
+from vist2.quickstart import corpus, random_text, split, write_documents
 
 
 def fill_of(size: int, K: int = 16):
@@ -62,8 +62,8 @@ def main() -> int:
     torch.set_num_threads(1)
     texts = corpus()
     essays, held = split(texts["essays"])
-    sources = {"random": _write(output / "data" / "random", [random_text(essays, 2_000_000, args.seed)]),
-               "essays": _write(output / "data" / "essays", essays)}
+    sources = {"random": write_documents(output / "data" / "random", [random_text(essays, 2_000_000, args.seed)]),
+               "essays": write_documents(output / "data" / "essays", essays)}
     mean = mean_fill_tokens(essays, args.min_font_size)
     K = round(mean)
     runs = {"fill": train_one("fill", 16, {"chunking": "fill", "min_font_size": args.min_font_size},

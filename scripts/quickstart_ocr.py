@@ -19,7 +19,7 @@ from vist2.errors import Vist2Error
 from vist2.eval import ocr
 from vist2.model import Vist2Model
 from vist2.tokenizer import load_tokenizer
-from vist2.train.quickstart import _write, corpus, split
+from vist2.quickstart import corpus, split, write_documents
 
 CHECKPOINTS = ("ocr/final", "model")
 
@@ -36,7 +36,7 @@ def main() -> int:
     torch.set_num_threads(1)
     held = run / "data" / "held_out_essays"
     if not held.exists():  # runs made before the quickstart wrote its held-out essays
-        _write(held, split(corpus()["essays"])[1])
+        write_documents(held, split(corpus()["essays"])[1])
     args = argparse.Namespace(data=[str(held)], samples=options.chunks, chunk_tokens=0)
     rows, records = [], []
     for checkpoint in CHECKPOINTS:

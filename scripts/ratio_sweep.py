@@ -34,7 +34,7 @@ from vist2.eval import ocr
 from vist2.render import RenderConfig, Renderer
 from vist2.train.config import TrainConfig
 from vist2.train.loop import train
-from vist2.train.quickstart import _write, corpus, quickstart_config, random_text, split
+from vist2.quickstart import corpus, quickstart_config, random_text, split, write_documents
 
 SWEEP_PAGE = RenderConfig(width=128, height=16, margin=0, min_font_size=3)  # line pitch 1.2 x font
 
@@ -190,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     texts = corpus()
     essays, held = split(texts["essays"])
     units = chars_per_bpe_token(held)
-    sources = {"random": _write(output / "data" / "random", [random_text(essays, 2_000_000, args.seed)]),
-               "essays": _write(output / "data" / "essays", essays)}
+    sources = {"random": write_documents(output / "data" / "random", [random_text(essays, 2_000_000, args.seed)]),
+               "essays": write_documents(output / "data" / "essays", essays)}
     rows, records, curves, runs = [], [], {}, {}
     for K in sizes:
         trained = train_ratio(K, output / f"k{K}", sources, args)

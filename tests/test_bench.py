@@ -12,13 +12,13 @@ import torch
 
 from vist2.bench import bounds
 from vist2.bench import flops as flop_counts
-from vist2.bench.flops import ComponentFlops, LLMShape, count_page, meta_model, page_flops
+from vist2.bench.flops import ComponentFlops, LLMShape, count_page, page_flops
 from vist2.bench.scenarios import Case, cases, prompt_text
 from vist2.cli import main
 from vist2.errors import Vist2Error
 from vist2.generate import GenerationConfig, generate
 from vist2.options import chunk_options
-from vist2.model import Vist2Model
+from vist2.model import Vist2Model, meta_model
 from vist2.presets import preset, tiny
 from vist2.tokenizer import load_tokenizer
 

@@ -95,7 +95,7 @@ def folder(tmp_path, monkeypatch):
     (tmp_path / "taken.png").write_text("the user's own file")
     (tmp_path / "taken.json").write_text("the user's own file")
     for target in ("vist2.generate.load_model", "vist2.model.Vist2Model.__init__", "vist2.train.train",
-                   "vist2.train.quickstart.quickstart_config", "vist2.train.prepare.prepare", "vist2.bench.run.bench"):
+                   "vist2.quickstart.quickstart_config", "vist2.train.prepare.prepare", "vist2.bench.run.bench"):
         monkeypatch.setattr(target, lambda *a, _name=target, **k: pytest.fail(f"did work: {_name}"))
     return tmp_path
 

@@ -7,7 +7,8 @@ import os
 import pytest
 
 from vist2.errors import Vist2Error
-from vist2.eval import jsonl_files, longbench
+from vist2 import jsonl_files
+from vist2.eval import longbench
 from vist2.tokenizer import byte_tokenizer
 
 

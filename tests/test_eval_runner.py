@@ -285,3 +285,13 @@ def test_prompts_and_data_files_are_recorded_by_sha256(tmp_path, one_thread, cap
     capsys.readouterr()
     assert main(argv) == 2
     assert "other settings (the data files changed)" in capsys.readouterr().err
+
+
+def test_chunk_tokens_reach_the_engine_and_the_ratio_column(tmp_path, one_thread):
+    runner.run(_args(tmp_path, "--samples", "1", "--modes", "gcc", "--chunk-tokens", "16"), _fake_benchmark())
+    out = tmp_path / "out"
+    beta = preset("tiny").visual_tokens  # the preset's K is 64: its ratio would be 64 / beta
+    assert [row["ratio"] for row in json.loads((out / "results.json").read_text())["rows"]] == [16 / beta] * 2
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    lengths = [n for record in records for n in record["stats"]["chunk_lengths"]]
+    assert lengths and set(lengths) == {16}  # the query's compressed chunks were cut at K = 16

@@ -168,7 +168,7 @@ def test_streaming_into_a_closed_pipe_ends_quietly(monkeypatch, capsys):
 
 
 def test_meta_flops_of_a_preset_given_as_weight_folders(tmp_path):
-    from vist2.bench.flops import meta_model
+    from vist2.model import meta_model
 
     torch.manual_seed(0)
     model = Vist2Model(tiny())

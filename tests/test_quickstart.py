@@ -12,8 +12,8 @@ from vist2.presets import tiny
 from vist2.render import Renderer
 from vist2.chunking import chunk_texts
 from vist2.tokenizer import byte_tokenizer
-from vist2.train import evaluate
-from vist2.train.quickstart import corpus, quickstart_config, random_text, split
+from vist2.eval import reading
+from vist2.quickstart import corpus, quickstart_config, random_text, split
 
 TOKENIZER = byte_tokenizer()
 
@@ -68,11 +68,11 @@ def test_held_out_split_and_random_text():
 
 
 def test_edit_distance_and_rouge_l():
-    assert evaluate.levenshtein("kitten", "sitting") == 3
-    assert evaluate.levenshtein("", "abc") == 3
-    assert evaluate.rouge_l("the cat sat", "the cat sat") == 1.0
-    assert evaluate.rouge_l("the cat", "the big cat") == pytest.approx(0.8)  # LCS 2: P = 1, R = 2/3
-    assert evaluate.rouge_l("dog", "the cat") == 0.0
+    assert reading.levenshtein("kitten", "sitting") == 3
+    assert reading.levenshtein("", "abc") == 3
+    assert reading.rouge_l("the cat sat", "the cat sat") == 1.0
+    assert reading.rouge_l("the cat", "the big cat") == pytest.approx(0.8)  # LCS 2: P = 1, R = 2/3
+    assert reading.rouge_l("dog", "the cat") == 0.0
 
 
 def test_cached_greedy_transcription_equals_teacher_forced_argmax():
@@ -81,7 +81,7 @@ def test_cached_greedy_transcription_equals_teacher_forced_argmax():
     renderer = Renderer(model.config.render)
     chunks = [TOKENIZER.encode("read this page"), TOKENIZER.encode("and this one!!")]
     pages = renderer.render_batch(chunk_texts(TOKENIZER, chunks))
-    read = evaluate.ocr_transcribe(model, pages, tokens=6)
+    read = reading.ocr_transcribe(model, pages, tokens=6)
     beta, pad = model.config.visual_tokens, TOKENIZER.pad_token_id
     examples = [stages.ocr(TOKENIZER, ids, 64, beta, pad) for ids in read]
     batch = stages.collate(examples, renderer, pad)
@@ -97,9 +97,9 @@ def test_bits_per_char_modes_are_finite_and_blank_pages_differ():
     renderer = Renderer(model.config.render)
     ids = TOKENIZER.encode("some words to read and predict, " * 12)
     chunks = [ids[:64], ids[64:128]]
-    real = evaluate.ocr_bits_per_char(model, TOKENIZER, chunks, renderer)
-    blank = evaluate.ocr_bits_per_char(model, TOKENIZER, chunks, renderer, blank=True)
+    real = reading.ocr_bits_per_char(model, TOKENIZER, chunks, renderer)
+    blank = reading.ocr_bits_per_char(model, TOKENIZER, chunks, renderer, blank=True)
     assert 0 < real < 20 and 0 < blank < 20 and real != blank
-    modes = evaluate.next_chunk_bits_per_char(model, TOKENIZER, [ids[:192], ids[192:384]], renderer)
+    modes = reading.next_chunk_bits_per_char(model, TOKENIZER, [ids[:192], ids[192:384]], renderer)
     assert set(modes) == {"full_text", "visual_memory", "no_context"}
     assert all(0 < v < 20 for v in modes.values()) and len(set(modes.values())) == 3

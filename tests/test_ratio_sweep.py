@@ -32,7 +32,7 @@ def test_committed_rows_carry_both_units():
 
 @pytest.mark.slow
 def test_committed_characters_per_token_are_what_the_tokenizers_give():
-    from vist2.train.quickstart import corpus, split
+    from vist2.quickstart import corpus, split
 
     measured = _script()["chars_per_bpe_token"](split(corpus()["essays"])[1])
     row = json.loads(COMMITTED[0].read_text())["rows"][0]

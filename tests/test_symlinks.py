@@ -86,7 +86,7 @@ def test_a_prepared_shard_linked_out_of_its_folder_is_refused(tmp_path):
 
 
 def test_eval_files_follow_the_same_rule(tmp_path):
-    from vist2.eval.jsonl_files import file_in
+    from vist2.jsonl_files import file_in
 
     root = tmp_path / "bench"
     root.mkdir()

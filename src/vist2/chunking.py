@@ -109,6 +109,12 @@ def split_chunks(ids: list[int], chunk_tokens: int, fill: Fill | None = None) ->
     return [ids[start : start + chunk_tokens] for start in range(0, len(ids), chunk_tokens)]
 
 
+def full_chunks(ids: list[int], chunk_tokens: int, fill: Fill | None = None) -> list[list[int]]:
+    """The chunks of `split_chunks` that are full: K tokens each (fill: all but the last, where the text ran out)."""
+    chunks = split_chunks(ids, chunk_tokens, fill)
+    return chunks[:-1] if fill is not None else [chunk for chunk in chunks if len(chunk) == chunk_tokens]
+
+
 def split_compressed(ids: list[int], chunk_tokens: int, visual_tokens: int,
                      fill: Fill | None = None) -> tuple[list[list[int]], list[int]]:
     """(chunks to compress, raw tail): a residual of m tokens is compressed only if m > visual_tokens."""

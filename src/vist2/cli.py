@@ -14,9 +14,11 @@ import sys
 import traceback
 
 from vist2.errors import Vist2Error
-from vist2.flags import (add_chunking_flags, add_debug_flag, add_generation_options, add_model_source,
-                         check_model_source, chunking_args, generation_config)
-from vist2.inputs import SEED, THREADS, check_device, integer, positive_number, read_text, utf8_text, writable_file
+from vist2.flags import (add_chunk_flags, add_debug_flag, add_fill_flags, add_generation_options, add_model_source,
+                         check_model_source, chunk_options_from, generation_config)
+from vist2.inputs import (SEED, THREADS, check_device, integer, page_size, positive_number, read_text, utf8_text,
+                          writable_file)
+from vist2.bench.command import add_bench
 from vist2.eval.command import add_eval
 from vist2.serve.command import add_serve
 from vist2.train.prepare_cli import add_prepare
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(commands)
     _add_quickstart(commands)
     _add_layout(commands)
-    _add_bench(commands)
+    add_bench(commands)
     add_prepare(commands)
     add_eval(commands)
     add_serve(commands)
@@ -164,7 +166,7 @@ def _add_layout(commands) -> None:
     parser.add_argument("--query-tokens", type=int, default=19,
                         help=f"sft only: query tokens (default 19, at most {MAX_LAYOUT_TOKENS})")
     parser.add_argument("--page", default="128x32", help="fill: the page WxH that chunks fill (default 128x32)")
-    add_chunking_flags(parser)
+    add_fill_flags(parser)
     parser.add_argument("--blind-visual", action="store_true", help="visual blocks do not see their text chunk")
     parser.add_argument("--bidirectional-visual", action="store_true", help="full attention inside a visual block")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -228,7 +230,7 @@ def _layout_fill(args, tokenizer):
 
     if (args.chunking or "fixed") == "fixed":
         return None
-    width, height = _page_size(args.page)
+    width, height = page_size(args.page)
     options = ChunkOptions(args.chunk_tokens, args.visual_tokens, True, False, args.chunking,
                            args.min_font_size or 0, args.max_chunk_tokens or 0)
     return options.fill(Renderer(RenderConfig(width=width, height=height)), tokenizer)
@@ -267,8 +269,7 @@ def _add_generate(commands) -> None:
     prompt.add_argument("--prompt-file", help="read the user query from this UTF-8 file")
     parser.add_argument("--mode", default="gcc", help="gcc (VIST2), pcc (query compressed) or text (default gcc)")
     add_generation_options(parser)
-    parser.add_argument("--chunk-tokens", type=integer(1), help="K, text tokens per compressed chunk (default: the model's)")
-    add_chunking_flags(parser)
+    add_chunk_flags(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object: text, mode, stats")
     parser.set_defaults(run=_generate)
 
@@ -277,7 +278,6 @@ def _generate(args) -> int:
     import json
 
     from vist2.generate import generate, load_model, stream
-    from vist2.options import chunk_options
 
     prompt = args.prompt if args.prompt_file is None else read_text(args.prompt_file, "--prompt-file")
     config = generation_config(args, args.mode, args.max_new_tokens)
@@ -286,7 +286,7 @@ def _generate(args) -> int:
     check_model_source(args)
     check_device(args.device)
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
-    options = chunk_options(model, chunk_tokens=args.chunk_tokens, **chunking_args(args))
+    options = chunk_options_from(args, model)
     if args.json:
         result = generate(model, tokenizer, prompt, config, options=options)
         print(json.dumps({"text": result.text, "mode": result.mode, "finish_reason": result.finish_reason,
@@ -302,155 +302,25 @@ def _add_verify(commands) -> None:
     parser = commands.add_parser("verify", help="check incremental gcc/pcc/text decoding against the masked forward")
     add_model_source(parser)
     parser.add_argument("--tolerance", type=float, help="largest allowed |logit difference| (default: 1e-4 in fp32)")
-    parser.add_argument("--chunk-tokens", type=int, help="check with this K instead of the model's (shorter runs)")
-    add_chunking_flags(parser)
+    add_chunk_flags(parser)
     parser.set_defaults(run=_verify)
 
 
 def _verify(args) -> int:
     from vist2.generate import load_model
-    from vist2.options import chunk_options
     from vist2.verify import tolerance, verify
 
     if args.tolerance is not None and not 0 <= args.tolerance < float("inf"):
         raise Vist2Error(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
-    if args.chunk_tokens is not None and args.chunk_tokens < 1:
-        raise Vist2Error(f"--chunk-tokens must be >= 1, got {args.chunk_tokens}")
     check_model_source(args)
     check_device(args.device)
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
-    options = chunk_options(model, chunk_tokens=args.chunk_tokens, **chunking_args(args))
+    options = chunk_options_from(args, model)
     limit = args.tolerance if args.tolerance is not None else tolerance(model)
     worst = verify(model, tokenizer, seed=args.seed, options=options)
     verdict = "ok" if worst <= limit else "FAILED"
     print(f"largest |logit difference| {worst:.3g} (tolerance {limit:g}): {verdict}")
     return 0 if worst <= limit else 1
-
-
-def _add_bench(commands) -> None:
-    parser = commands.add_parser("bench", help="measure text, pcc and gcc: first token, throughput, KV, FLOPs")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", help="a vist2 checkpoint folder")
-    source.add_argument("--preset", default="tiny", help="a preset with random weights (default tiny)")
-    parser.add_argument("--scenario", default="all", help="long-writing, long-context or all (default all)")
-    parser.add_argument("--lengths", help="comma-separated lengths replacing the grid's: responses for "
-                        "long-writing, queries for long-context (e.g. 1024,16384)")
-    parser.add_argument("--scale", type=positive_number, help="multiply the grid's lengths (default 1 on GPU, 1/16 on CPU)")
-    parser.add_argument("--repeats", type=integer(1), default=3, help="timed runs per case and mode; medians (default 3)")
-    parser.add_argument("--count-limit", type=integer(0), default=1500,
-                        help="count FLOPs on the generation itself up to this many forwards; beyond, "
-                        "on the meta device (FlopCounterMode slows a forward ~10x; default 1500)")
-    parser.add_argument("--chunk-tokens", type=integer(1), help="K for this run (default: the model's)")
-    add_chunking_flags(parser)
-    parser.add_argument("--page", help="override the page size WxH (beta = W/16s * H/16s), e.g. 256x256")
-    parser.add_argument("--max-positions", type=integer(1),
-                        help="override the preset LLM's max_position_embeddings (random-weight presets only)")
-    parser.add_argument("--paper-sizes", nargs="*", metavar="PRESET",
-                        help="also count these paper presets on the meta device (no names: all three)")
-    parser.add_argument("--no-measure", action="store_true", help="only the --paper-sizes counts")
-    parser.add_argument("--out", default="bench", help="output folder (default ./bench)")
-    parser.add_argument("--name", default="bench", help="file stem: NAME.json, NAME.png (default bench)")
-    parser.add_argument("--overwrite", action="store_true", help="replace NAME.json and its plots in --out")
-    parser.add_argument("--device", help="torch device (default: cuda if any, else cpu)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                        help="model dtype (default bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--threads", type=THREADS, help="torch CPU threads")
-    parser.add_argument("--seed", type=SEED, default=0, help="seed for random weights (default 0)")
-    parser.set_defaults(run=_bench)
-
-
-MAX_BENCH_TOKENS = 2**22  # query or response of one case: far beyond any preset's positions
-
-
-def _bench(args) -> int:
-    from pathlib import Path
-
-    import torch
-
-    from vist2.bench.run import bench
-    from vist2.bench.scenarios import CPU_SCALE, cases
-    from vist2.options import chunk_options
-    from vist2.presets import PRESETS
-
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    check_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        lengths = [int(n) for n in args.lengths.split(",")] if args.lengths else None
-    except ValueError:
-        raise Vist2Error(f"--lengths must be comma-separated integers, got {args.lengths!r}") from None
-    if lengths and min(lengths) < 1:
-        raise Vist2Error(f"--lengths must be >= 1, got {args.lengths!r}")
-    if args.page:
-        _page_size(args.page)
-    scale = args.scale or (1.0 if args.device.startswith("cuda") else CPU_SCALE)
-    grid = [] if args.no_measure else cases(args.scenario, lengths, scale)
-    longest = max((max(case.query_tokens, case.response_tokens) for case in grid), default=0)
-    if longest > MAX_BENCH_TOKENS:
-        raise Vist2Error(f"--lengths/--scale give {longest} tokens; at most {MAX_BENCH_TOKENS} are allowed")
-    paper = args.paper_sizes
-    if paper == []:
-        paper = ["vist2-0.6b", "vist2-4b", "vist2-8b"]
-    unknown = [name for name in paper or [] if name not in PRESETS]
-    if unknown:
-        raise Vist2Error(f"--paper-sizes: unknown preset {unknown[0]!r}; choose from {', '.join(PRESETS)}")
-    if args.no_measure and not paper:
-        raise Vist2Error("--no-measure needs --paper-sizes")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise Vist2Error(f"--out {out} exists and is not a folder")
-    if "/" in args.name or args.name in ("", ".", ".."):
-        raise Vist2Error(f"--name must be a plain file stem, got {args.name!r}")
-    for path in (out / f"{args.name}{end}" for end in (".json", ".png", "_paper_sizes.png")):
-        if out.is_dir():
-            writable_file(str(path), "--out/--name", args.overwrite)
-    check_model_source(args)
-    model = tokenizer = options = None
-    if grid:
-        model, tokenizer = _bench_model(args)
-        options = chunk_options(model, chunk_tokens=args.chunk_tokens, **chunking_args(args))
-    arguments = {k: v for k, v in vars(args).items() if k not in ("run", "command_line")}
-    bench(model, tokenizer, grid, args.repeats, out, args.name, paper or [],
-          cases(args.scenario, None, 1.0) if paper else [], args.command_line, arguments, args.count_limit,
-          options=options)
-    return 0
-
-
-def _bench_model(args):
-    """The model to measure: a checkpoint or a seeded random preset, built with the page overridden
-    (nothing replaces the config of a built model; K is a chunk option of the run)."""
-    import torch
-
-    from vist2.model import Vist2Model
-    from vist2.presets import preset
-    from vist2.tokenizer import load_tokenizer
-
-    changes = {}
-    if args.page:
-        width, height = _page_size(args.page)
-        changes.update({"render.width": width, "render.height": height})
-    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
-    if args.model:
-        model = Vist2Model.from_pretrained(args.model, device=args.device, changes=changes)
-    else:
-        config = preset(args.preset)
-        if args.max_positions:
-            changes["llm.params"] = {**config.llm.params, "max_position_embeddings": args.max_positions}
-        torch.manual_seed(args.seed)
-        model = Vist2Model(config.replace(**changes))
-    model = model.to(device=args.device, dtype=dtype).eval()
-    return model, load_tokenizer(model.config.tokenizer)
-
-
-def _page_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(n) for n in text.lower().split("x"))
-    except ValueError:
-        raise Vist2Error(f"--page must look like 256x256, got {text!r}") from None
-    if min(width, height) < 1:
-        raise Vist2Error(f"--page sides must be >= 1 pixel, got {text!r}")
-    return width, height
 
 
 def _add_quickstart(commands) -> None:
@@ -473,7 +343,7 @@ def _add_quickstart(commands) -> None:
 
 
 def _quickstart(args) -> int:
-    from vist2.train.quickstart import quickstart, read_back_table, table
+    from vist2.quickstart import quickstart, read_back_table, table
 
     results = quickstart(args.output, args.minutes, args.steps, args.eval_chunks, args.eval_windows, args.seed,
                          args.progress_bar, args.threads)

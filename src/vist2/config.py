@@ -115,11 +115,7 @@ class Vist2Config:
             raise Vist2Error(f"aligner.kind must be 'tanh' or 'mlp', got {self.aligner.kind!r}")
         if self.aligner.kind == "mlp" and self.aligner.mlp_hidden < 1:
             raise Vist2Error("aligner.kind='mlp' needs aligner.mlp_hidden >= 1")
-        step = self.vision.patch_size * self.aligner.merge
-        if self.render.width % step or self.render.height % step:
-            raise Vist2Error(
-                f"page {self.render.width}x{self.render.height} is not a multiple of patch size x merge = {step}"
-            )
+        self.page_tokens(self.render)  # the page is a whole number of merged patches
         if self.vision.model_type == "siglip_vision_model" and self.render.width != self.render.height:
             raise Vist2Error("SigLIP (v1) needs square pages; use siglip2_vision_model for other shapes")
         if self.chunk.chunk_tokens < 1:
@@ -133,8 +129,14 @@ class Vist2Config:
     @property
     def visual_tokens(self) -> int:
         """beta: tokens one rendered page becomes."""
+        return self.page_tokens(self.render)
+
+    def page_tokens(self, render: RenderConfig) -> int:
+        """beta for pages of `render`'s size: one token per (patch x merge)^2 pixels."""
         step = self.vision.patch_size * self.aligner.merge
-        return (self.render.width // step) * (self.render.height // step)
+        if render.width % step or render.height % step:
+            raise Vist2Error(f"page {render.width}x{render.height} is not a multiple of patch size x merge = {step}")
+        return (render.width // step) * (render.height // step)
 
     @property
     def ratio(self) -> float:

@@ -20,7 +20,7 @@ PAGE_BATCH = 8  # query pages rendered and encoded per forward during a long pro
 PREFILL_TOKENS = 1024  # prompts up to this many positions are prefilled whole, several rows per forward
 
 
-def block_mask(q: int, block: int, bidirectional: bool) -> torch.Tensor:
+def new_tokens_mask(q: int, block: int, bidirectional: bool) -> torch.Tensor:
     """(q, q) bool among new tokens: causal, or whole blocks of `block` tokens see each other."""
     index = torch.arange(q)
     mask = index[None, :] <= index[:, None]
@@ -29,7 +29,7 @@ def block_mask(q: int, block: int, bidirectional: bool) -> torch.Tensor:
     return mask
 
 
-def attention_mask(starts: list[int], new: torch.Tensor, attend: int,
+def cache_mask(starts: list[int], new: torch.Tensor, attend: int,
                    hide: list[tuple[int, int]] | None = None) -> torch.Tensor:
     """(B, 1, q, attend) bool: row b sees its entries [0, starts[b]) except `hide[b]`, then
     the new tokens among themselves as `new` (q, q) says."""
@@ -65,7 +65,7 @@ def forward(model, kv: KVStore, slots: list[int], embeds: torch.Tensor, position
     """Run the LLM over q new tokens per slot, appending their KV; (B, V) fp32 logits of the last."""
     starts = [kv.lengths[s] for s in slots]
     attend = kv.begin(slots, embeds.shape[1])
-    mask = attention_mask(starts, new, attend, hide).to(embeds.device)
+    mask = cache_mask(starts, new, attend, hide).to(embeds.device)
     out = model.llm(inputs_embeds=embeds, position_ids=positions.to(embeds.device), attention_mask=mask,
                     use_cache=True, logits_to_keep=1, **{cache_keyword(model.llm): kv})
     return out.logits[:, -1].float()
@@ -145,11 +145,11 @@ def prefill_piece(model, kv: KVStore, slot: int, cursor: PromptCursor, tokens: i
     kind, piece = cursor.next(tokens, beta)
     if kind == "text":
         embeds = model.llm.get_input_embeddings()(torch.tensor([piece], device=model.device))
-        new = block_mask(len(piece), 1, False)
+        new = new_tokens_mask(len(piece), 1, False)
     else:
         visual = encode(piece)
         embeds = visual.reshape(1, -1, visual.shape[2])
-        new = block_mask(embeds.shape[1], beta, bidirectional)
+        new = new_tokens_mask(embeds.shape[1], beta, bidirectional)
     positions = torch.arange(cursor.base, cursor.base + embeds.shape[1])[None]
     cursor.base += embeds.shape[1]
     return forward(model, kv, [slot], embeds, positions, new)[0]
@@ -164,7 +164,7 @@ def compress(model, kv: KVStore, slots: list[int], chunks: list[int], bases: lis
     starts = [kv.lengths[s] - c for s, c in zip(slots, chunks)]
     hide = None if sees_text else [(start, start + c) for start, c in zip(starts, chunks)]
     positions = torch.tensor(bases)[:, None] + torch.arange(block)
-    logits = forward(model, kv, slots, visual, positions, block_mask(block, beta, bidirectional), hide)
+    logits = forward(model, kv, slots, visual, positions, new_tokens_mask(block, beta, bidirectional), hide)
     for slot, start, c in zip(slots, starts, chunks):
         kv.move(slot, start + c, start, block)
     return logits

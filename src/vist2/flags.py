@@ -8,21 +8,34 @@ import os
 
 from vist2.errors import Vist2Error
 from vist2.inputs import SEED, integer
+from vist2.options import ChunkOptions, GenerationConfig, chunk_options
 
 
-def add_chunking_flags(parser) -> None:
-    """--chunking, --min-font-size, --max-chunk-tokens (generate, train, eval, bench, verify, layout)."""
+def add_chunk_flags(parser) -> None:
+    """The chunk options of a run over a model: --chunk-tokens and the fill flags (generate, verify,
+    bench, eval, serve); `chunk_options_from` turns them into a `ChunkOptions`."""
+    parser.add_argument("--chunk-tokens", type=integer(1),
+                        help="K, text tokens per compressed chunk (default: the model's)")
+    add_fill_flags(parser)
+
+
+def add_fill_flags(parser) -> None:
+    """--chunking, --min-font-size, --max-chunk-tokens (with --chunk-tokens in `add_chunk_flags`; alone
+    in `vist2 layout`, which takes K itself)."""
     parser.add_argument("--chunking", choices=("fixed", "fill"),
                         help="fixed: K tokens per chunk; fill: as many tokens as fill the page (default: the model's)")
     parser.add_argument("--min-font-size", type=integer(1, 1024),
                         help="fill: fill pages down to this font size in pixels (default: the model's)")
     parser.add_argument("--max-chunk-tokens", type=integer(1, 2**22),
-                        help="fill: most tokens per chunk (default 4 x K)")
+                        help="fill: most tokens per chunk (default: the model's, else 4 x K)")
 
 
-def chunking_args(args) -> dict:
-    """The chunk_options keywords the flags of `add_chunking_flags` give (None = not given)."""
-    return {name: getattr(args, name, None) for name in ("chunking", "min_font_size", "max_chunk_tokens")}
+def chunk_options_from(args, model, renderer=None) -> ChunkOptions:
+    """The model's chunk options with those the flags of `add_chunk_flags` give instead (validated
+    there); beta from the renderer's page (default: the model's)."""
+    given = {name: getattr(args, name, None) for name in ("chunk_tokens", "chunking", "min_font_size",
+                                                           "max_chunk_tokens")}
+    return chunk_options(model, renderer, **given)
 
 
 def add_debug_flag(parser) -> None:
@@ -69,8 +82,6 @@ def add_generation_options(parser, max_new_tokens: int | None = 256) -> None:
 
 def generation_config(args, mode: str, max_new_tokens: int):
     """The GenerationConfig the flags of `add_generation_options` describe (validated there)."""
-    from vist2.generate import GenerationConfig
-
     return GenerationConfig(
         mode=mode, max_new_tokens=max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, repetition_penalty=args.repetition_penalty,

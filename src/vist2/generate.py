@@ -17,84 +17,19 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 
 from vist2.engine import Engine
 from vist2.errors import Vist2Error
-from vist2.options import ChunkOptions
-from vist2.request import GenerationResult, GenerationStats, cut_at_stop  # noqa: F401  (the results' types)
-
-MODES = ("gcc", "pcc", "text")
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    mode: str = "gcc"
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    stop_strings: tuple[str, ...] = ()  # the text is cut before the first one found
-    ignore_eos: bool = False
-    seed: int | None = None
-    chat_template: bool = True  # False: the prompt is the query alone (LongBench's trec, lcc, ...)
-    presence_penalty: float = 0.0  # subtracted once from every token already generated (OpenAI's)
-    frequency_penalty: float = 0.0  # subtracted per occurrence in the generated tokens
-    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
-    min_p: float = 0.0  # drop tokens less likely than min_p times the likeliest; 0 = off
-    logprobs: int | None = None  # report each token's log-probability and this many alternatives
-    grammar: str | None = None  # the output follows this llguidance grammar (vist2.constrain)
-
-    def __post_init__(self) -> None:
-        INF = float("inf")  # noqa: N806  (NaN fails every comparison, so -INF < x < INF rejects it too)
-        if self.mode not in MODES:
-            raise Vist2Error(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
-        for name in ("max_new_tokens", "top_k", "no_repeat_ngram_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise Vist2Error(f"{name} must be an integer, got {value!r}")
-        for name in ("temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_p"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not -INF < value < INF:
-                raise Vist2Error(f"{name} must be a finite number, got {value!r}")
-        if self.max_new_tokens < 1:
-            raise Vist2Error(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        if self.temperature < 0 or self.top_k < 0 or self.no_repeat_ngram_size < 0:
-            raise Vist2Error("temperature, top_k and no_repeat_ngram_size must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise Vist2Error(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise Vist2Error(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if isinstance(self.stop_strings, str) or not all(isinstance(s, str) for s in self.stop_strings):
-            raise Vist2Error(f"stop_strings must be a tuple of strings, got {self.stop_strings!r}")
-        if any(not s for s in self.stop_strings):
-            raise Vist2Error("stop strings must be non-empty")
-        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
-            raise Vist2Error(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
-        if not 0 <= self.min_p <= 1:
-            raise Vist2Error(f"min_p must be in [0, 1], got {self.min_p}")
-        if not all(isinstance(t, int) and isinstance(v, (int, float)) and -INF < v < INF for t, v in self.logit_bias):
-            raise Vist2Error(f"logit_bias must hold (token id, finite number) pairs, got {self.logit_bias!r}")
-        if self.logprobs is not None and (not isinstance(self.logprobs, int) or self.logprobs < 0):
-            raise Vist2Error(f"logprobs must be None or an integer >= 0, got {self.logprobs!r}")
-        for name in ("ignore_eos", "chat_template"):
-            if not isinstance(getattr(self, name), bool):
-                raise Vist2Error(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.grammar is not None and not isinstance(self.grammar, str):
-            raise Vist2Error(f"grammar must be a string, got {type(self.grammar).__name__}")
-        if self.grammar is not None and self.no_repeat_ngram_size:
-            raise Vist2Error("a grammar and no_repeat_ngram_size cannot be combined: the ban may forbid every "
-                             "token the grammar allows")
+from vist2.options import ChunkOptions, GenerationConfig
+from vist2.request import GenerationResult, cut_at_stop
 
 
 def load_model(model_dir: str | None = None, preset_name: str | None = None, seed: int = 0,
-               device: str = "cpu", dtype: str = "float32"):
+               device: str = "cpu", dtype: str = "float32", changes: dict | None = None):
     """(model, tokenizer) from a checkpoint folder, or a preset with random weights (seeded),
-    in `dtype` (float32 or bfloat16)."""
+    in `dtype` (float32, bfloat16 or float16), its config built with `changes` (`Vist2Config.replace`)."""
     from vist2.model import Vist2Model, read_checkpoint_config
     from vist2.presets import preset
     from vist2.tokenizer import load_tokenizer
@@ -103,14 +38,14 @@ def load_model(model_dir: str | None = None, preset_name: str | None = None, see
         raise Vist2Error("give exactly one of a model folder or a preset")
     if model_dir is not None:
         config, _ = read_checkpoint_config(model_dir)
-        changes = {}
+        changes = dict(changes or {})
         if config.attn_implementation != "sdpa":  # the engine passes boolean masks: SDPA (same weights)
             print(f"note: {model_dir} uses {config.attn_implementation}; generation runs it with sdpa",
                   file=sys.stderr)
             changes["attn_implementation"] = "sdpa"
         model = Vist2Model.from_pretrained(model_dir, device=device, changes=changes)
     else:
-        config = preset(preset_name)
+        config = preset(preset_name).replace(**changes or {})
         check_memory(config, preset_name, device)
         torch.manual_seed(seed)
         model = Vist2Model(config).to(device).eval()
@@ -133,7 +68,7 @@ def _available_bytes(device: str) -> int | None:
 
 def check_memory(config, name: str, device: str) -> None:
     """Refuse, before allocating, a preset whose fp32 weights alone exceed the memory available."""
-    from vist2.bench.flops import meta_model
+    from vist2.model import meta_model
 
     needed = sum(p.numel() for p in meta_model(config).parameters()) * 4
     available = _available_bytes(device)

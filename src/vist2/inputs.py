@@ -85,3 +85,14 @@ def writable_file(path: str, flag: str, overwrite: bool = False) -> None:
     if os.path.lexists(path) and not (overwrite and os.path.isfile(path) and not os.path.islink(path)):
         what = "is not a regular file" if os.path.lexists(path) and overwrite else "already exists"
         raise Vist2Error(f"{flag} {path} {what}; choose another path" + ("" if overwrite else " or pass --overwrite"))
+
+
+def page_size(text: str) -> tuple[int, int]:
+    """--page WxH as (width, height) in pixels."""
+    try:
+        width, height = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise Vist2Error(f"--page must look like 256x256, got {text!r}") from None
+    if min(width, height) < 1:
+        raise Vist2Error(f"--page sides must be >= 1 pixel, got {text!r}")
+    return width, height

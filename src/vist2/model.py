@@ -55,6 +55,30 @@ def build_llm(config: LLMConfig, attn_implementation: str) -> nn.Module:
         raise Vist2Error(f"llm (model_type {config.model_type!r}) cannot be built: {reason}") from None
 
 
+def hf_params(hf_config) -> dict:
+    """A Hugging Face config as the `params` of an `LLMConfig` / `VisionConfig` (its bookkeeping keys dropped)."""
+    data = hf_config.to_diff_dict()
+    for key in ("model_type", "transformers_version", "architectures", "_name_or_path", "dtype", "torch_dtype"):
+        data.pop(key, None)
+    return data
+
+
+def meta_model(config: Vist2Config) -> Vist2Model:
+    """A `Vist2Model` of `config` on the meta device: shapes only, no memory, no weights.
+
+    A part given as a weights folder (`path`, e.g. the smollm2-135m LLM) is described by the
+    folder's config.json instead, since `from_pretrained` cannot load onto the meta device."""
+    changes = {}
+    for part in ("llm", "vision"):
+        sub = getattr(config, part)
+        if sub.path:
+            params = sub.params or hf_params(
+                AutoConfig.from_pretrained(sub.path, local_files_only=True, trust_remote_code=False))
+            changes.update({f"{part}.params": params, f"{part}.path": None})
+    with torch.device("meta"):
+        return Vist2Model(config.replace(**changes)).eval()
+
+
 @dataclass
 class Vist2Output:
     logits: torch.Tensor  # (B, T, V)
@@ -119,15 +143,9 @@ class Vist2Model(nn.Module):
 
     def self_contained_config(self) -> Vist2Config:
         """The config with the HF sub-configs written out, so no weight paths are needed."""
-        def params(hf_config) -> dict:
-            data = hf_config.to_diff_dict()
-            for key in ("model_type", "transformers_version", "architectures", "_name_or_path", "dtype", "torch_dtype"):
-                data.pop(key, None)
-            return data
-
         return self.config.replace(
-            **{"vision.params": params(self.vision.model.config), "vision.path": None,
-               "llm.params": params(self.llm.config), "llm.path": None}
+            **{"vision.params": hf_params(self.vision.model.config), "vision.path": None,
+               "llm.params": hf_params(self.llm.config), "llm.path": None}
         )
 
     def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:

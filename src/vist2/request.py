@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from vist2.errors import ContextLengthError
-from vist2.options import ChunkOptions
+from vist2.options import ChunkOptions, GenerationConfig
 from vist2.prompt import Prompt, changes, chunk_pages
 from vist2.sampling import plain_greedy
 
@@ -80,7 +80,7 @@ def cut_at_stop(text: str, stop_strings: tuple[str, ...]) -> tuple[str, bool]:
 class Request:
     id: int
     prompt: Prompt
-    config: object  # a GenerationConfig
+    config: GenerationConfig
     options: ChunkOptions
     chunker: object  # a chunking.Chunker: where response chunks close (gcc), and their page text
     stop_ids: set[int]  # tokens that end it (none when forced or ignore_eos)

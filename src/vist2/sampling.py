@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import torch
 
+from vist2.options import GenerationConfig
 
-def plain_greedy(config) -> bool:
+
+def plain_greedy(config: GenerationConfig) -> bool:
     """True when the choice is the argmax of the raw logits (the engine batches those rows)."""
     return (config.temperature == 0 and config.repetition_penalty == 1.0 and config.no_repeat_ngram_size == 0
             and config.presence_penalty == 0 and config.frequency_penalty == 0 and not config.logit_bias)
 
 
-def adjust(logits: torch.Tensor, history: list[list[int]], config, generated: list[list[int]] | None = None
-           ) -> torch.Tensor:
+def adjust(logits: torch.Tensor, history: list[list[int]], config: GenerationConfig,
+           generated: list[list[int]] | None = None) -> torch.Tensor:
     """A copy of (B, V) logits after logit bias, repetition penalty (prompt and output,
     `history`), presence and frequency penalties (output only, `generated`, as OpenAI) and the
     n-gram ban."""
@@ -40,7 +42,7 @@ def adjust(logits: torch.Tensor, history: list[list[int]], config, generated: li
     return logits
 
 
-def sample(logits: torch.Tensor, history: list[list[int]], config,  # a GenerationConfig
+def sample(logits: torch.Tensor, history: list[list[int]], config: GenerationConfig,
            generator: torch.Generator | None, generated: list[list[int]] | None = None) -> torch.Tensor:
     """(B, V) logits -> (B,) tokens, after `adjust`, temperature, top-k, top-p and min-p."""
     logits = adjust(logits, history, config, generated)

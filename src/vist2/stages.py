@@ -25,23 +25,6 @@ from vist2.prompt import Fits, Prompt, build_prompt, chat_parts, split_pages
 
 Page = str | Image.Image
 
-# Which parts of `Vist2Model.parameter_groups()` each stage trains (paper table 7).
-TRAINABLE = {
-    "captioning": ("aligner",),
-    "ocr": ("vision", "aligner"),
-    "olm": ("llm",),
-    "sft": ("vision", "aligner", "llm"),
-}
-
-
-def set_trainable(model, stage: str, extra: tuple[str, ...] = ()) -> None:
-    """Freeze every parameter group except the stage's own (plus `extra`)."""
-    if stage not in TRAINABLE:
-        raise Vist2Error(f"unknown stage {stage!r}; choose from {', '.join(TRAINABLE)}")
-    for name, part in model.parameter_groups().items():
-        part.requires_grad_(name in TRAINABLE[stage] or name in extra)
-
-
 @dataclass
 class Example:
     layout: L.Layout

@@ -15,8 +15,8 @@ Measured counts split one model's FLOPs into the components of `Vist2Model`:
         generate(model, tokenizer, prompt, config)
     flops.counts  # {"llm": ..., "vision": ..., "aligner": ..., "other": ..., "total": ...}
 
-`meta_model(config)` builds a model on the meta device (no memory, no weights), and
-`count_llm_step` / `count_page` count one LLM forward or one page on it.
+`count_llm_step` / `count_page` count one LLM forward or one page on a model built on the meta
+device (`vist2.model.meta_model`: no memory, no weights).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from vist2.decode import cache_keyword
+from vist2.model import meta_model
 
 COMPONENTS = ("llm", "vision", "aligner")
 
@@ -125,31 +126,6 @@ class ComponentFlops:
         self._open.clear()
         self.counts["total"] = self._counter.get_total_flops()
         self.counts["other"] = self.counts["total"] - sum(self.counts[c] for c in COMPONENTS)
-
-
-def meta_model(config):
-    """A `Vist2Model` of `config` on the meta device: shapes only, no memory, no weights.
-
-    A part given as a weights folder (`path`, e.g. the smollm2-135m LLM) is described by the
-    folder's config.json instead, since `from_pretrained` cannot load onto the meta device."""
-    from transformers import AutoConfig
-
-    from vist2.model import Vist2Model
-
-    changes = {}
-    for part in ("llm", "vision"):
-        sub = getattr(config, part)
-        if sub.path:
-            params = sub.params
-            if not params:
-                hf_config = AutoConfig.from_pretrained(sub.path, local_files_only=True, trust_remote_code=False)
-                params = hf_config.to_diff_dict()
-                for key in ("model_type", "transformers_version", "architectures", "_name_or_path", "dtype",
-                            "torch_dtype"):
-                    params.pop(key, None)
-            changes.update({f"{part}.params": params, f"{part}.path": None})
-    with torch.device("meta"):
-        return Vist2Model(config.replace(**changes)).eval()
 
 
 def count_llm_step(model, queries: int, cache: int, logits: int) -> int:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MODES = ("text", "pcc", "gcc")
+from vist2.options import MODES
+
 COLORS = {"text": "tab:gray", "pcc": "tab:blue", "gcc": "tab:red"}
 AXIS = {"long-writing": "response tokens", "long-context": "query tokens"}
 

@@ -22,9 +22,9 @@ import torch
 from vist2.bench import bounds
 from vist2.bench.flops import ComponentFlops, LLMShape, page_flops
 from vist2.bench.scenarios import Case, prompt_text
-from vist2.options import ChunkOptions, chunk_options
+from vist2.model import meta_model
+from vist2.options import MODES, ChunkOptions, GenerationConfig, chunk_options
 
-MODES = ("text", "pcc", "gcc")
 TIMINGS = ("time_to_first_token_s", "prefill_s", "decode_s", "render_s", "encode_s")
 METHOD = (
     "Measured: one untimed generation per case and mode under torch.utils.flop_counter.FlopCounterMode "
@@ -87,8 +87,7 @@ def measure(model, tokenizer, case: Case, mode: str, repeats: int, renderer, opt
     `count_limit` forwards are counted by the meta-device method on the same config instead
     (FlopCounterMode makes each forward ~10x slower; the two counts are equal, see tests).
     Under fill the bounds follow the chunks a probe generation cut."""
-    from vist2.bench.flops import meta_model
-    from vist2.generate import GenerationConfig, generate
+    from vist2.generate import generate
 
     config = GenerationConfig(mode=mode, max_new_tokens=case.response_tokens, ignore_eos=True)
     prompt = prompt_text(tokenizer, case.query_tokens)
@@ -180,7 +179,7 @@ def run_measurements(model, tokenizer, grid: list[Case], repeats: int, options: 
 
 def paper_sizes(names: list[str], grid: list[Case], element_size: int = 2) -> list[dict]:
     """FLOPs (meta-device count and bound) and KV of each paper preset over `grid`."""
-    from vist2.bench.flops import count_page, meta_model
+    from vist2.bench.flops import count_page
     from vist2.presets import preset
     from vist2.tokenizer import load_tokenizer
 

@@ -44,8 +44,8 @@ def add_eval(commands) -> None:
 
 
 def add_common_arguments(parser, name: str, samples: int | None = 10, modes: tuple[str, ...] | None = None) -> None:
-    from vist2.flags import add_chunking_flags, add_generation_options, add_model_source
-    from vist2.generate import MODES
+    from vist2.flags import add_chunk_flags, add_generation_options, add_model_source
+    from vist2.options import MODES
 
     add_model_source(parser)
     modes = ",".join(modes or MODES)
@@ -61,7 +61,7 @@ def add_common_arguments(parser, name: str, samples: int | None = 10, modes: tup
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
     add_generation_options(parser, max_new_tokens=None)
-    add_chunking_flags(parser)
+    add_chunk_flags(parser)
 
 
 def _run(args, module) -> int:

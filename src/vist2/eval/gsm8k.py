@@ -20,8 +20,8 @@ import random
 import re
 from pathlib import Path
 
+from vist2 import jsonl_files
 from vist2.errors import Vist2Error
-from vist2.eval import jsonl_files
 from vist2.eval.sample import EvalSample
 
 NAME = "gsm8k"

@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
+from vist2 import jsonl_files
 from vist2.errors import Vist2Error
-from vist2.eval import jsonl_files
 from vist2.eval.longbench_prompts import DATASET_MAX_NEW_TOKENS, DATASET_PROMPT, LONGBENCH_E, NO_CHAT_TEMPLATE
 from vist2.eval.metrics import length_bucket, sample_score
 from vist2.eval.sample import EvalSample

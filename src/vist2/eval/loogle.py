@@ -28,8 +28,8 @@ import ast
 import json
 from dataclasses import replace
 
+from vist2 import jsonl_files
 from vist2.errors import Vist2Error
-from vist2.eval import jsonl_files
 from vist2.eval.longbench import middle_truncate, task_files
 from vist2.eval.metrics import loogle_cloze, loogle_match_score, loogle_similarity
 from vist2.eval.sample import EvalSample, Row

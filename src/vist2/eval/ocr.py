@@ -21,8 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vist2 import jsonl_files
 from vist2.errors import Vist2Error
-from vist2.eval import jsonl_files
 from vist2.eval.sample import Row
 
 if TYPE_CHECKING:  # torch and the renderer load only when a run starts: `vist2 --help` stays instant
@@ -42,8 +42,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", nargs="+", required=True, metavar="PATH",
                         help="held-out text: .txt files, JSONL files with a 'text' field, or folders of them "
                              "(one result row per path)")
-    parser.add_argument("--chunk-tokens", type=int, default=0,
-                        help="tokens per page (default 0: the model's chunk K); the ratio is this / beta")
 
 
 def _files(name: str) -> list[Path]:
@@ -91,22 +89,18 @@ def held_out_chunks(tokenizer, documents: list[str], chunk_tokens: int, count: i
     """`count` full chunks of `chunk_tokens` tokens (`fill`: chunks that fill their page, a
     `chunking.Fill`) spread evenly over the documents (whitespace collapsed); chunks never
     cross a document boundary."""
-    from vist2.chunking import split_chunks
+    from vist2.chunking import full_chunks
 
     chunks = []
     for document in documents:
-        ids = tokenizer.encode(" ".join(document.split()), add_special_tokens=False)
-        if fill is not None:
-            chunks += split_chunks(ids, chunk_tokens, fill)[:-1]  # the last one is not full
-        else:
-            chunks += [ids[i : i + chunk_tokens] for i in range(0, len(ids) - chunk_tokens + 1, chunk_tokens)]
+        chunks += full_chunks(tokenizer.encode(" ".join(document.split()), add_special_tokens=False), chunk_tokens, fill)
     if len(chunks) > count:
         chunks = [chunks[i * len(chunks) // count] for i in range(count)]
     return chunks
 
 
 def _read(model, tokenizer, chunks: list[list[int]], pages: torch.Tensor) -> list[str]:
-    from vist2.train.evaluate import ocr_transcribe
+    from vist2.eval.reading import ocr_transcribe
 
     read = ocr_transcribe(model, pages, max(len(chunk) for chunk in chunks))
     return [tokenizer.decode(ids[: len(chunk)]) for ids, chunk in zip(read, chunks)]
@@ -118,7 +112,7 @@ def evaluate(model, tokenizer, chunks: list[list[int]], renderer: Renderer, task
     import torch
 
     from vist2.render import TextDoesNotFit
-    from vist2.train.evaluate import levenshtein, ocr_bits_per_char, rouge_l
+    from vist2.eval.reading import levenshtein, ocr_bits_per_char, rouge_l
 
     texts, kept = [], []
     for chunk in chunks:
@@ -156,11 +150,9 @@ def evaluate(model, tokenizer, chunks: list[list[int]], renderer: Renderer, task
 
 
 def check_arguments(args) -> None:
-    """--samples, --chunk-tokens and the --data paths, checked before the model is loaded."""
+    """--samples and the --data paths, checked before the model is loaded (--chunk-tokens by its flag)."""
     if args.samples < 1:
         raise Vist2Error(f"--samples must be >= 1, got {args.samples}")
-    if args.chunk_tokens < 0:
-        raise Vist2Error(f"--chunk-tokens must be >= 1 (or 0 for the model's chunk), got {args.chunk_tokens}")
     for name in args.data:
         _files(name)
 
@@ -172,13 +164,12 @@ def data_files(args) -> list[Path]:
 def run(args, model, tokenizer) -> tuple[list[Row], list[dict]]:
     """One row per --data path; all input is checked before any page is read."""
     check_arguments(args)
-    from vist2.flags import chunking_args
-    from vist2.options import chunk_options
+    from vist2.flags import chunk_options_from
     from vist2.render import Renderer
 
-    size = args.chunk_tokens or model.config.chunk.chunk_tokens
     renderer = Renderer(model.config.render)
-    fill = chunk_options(model, renderer, size, **chunking_args(args)).fill(renderer, tokenizer)
+    options = chunk_options_from(args, model, renderer)
+    size, fill = options.chunk_tokens, options.fill(renderer, tokenizer)
     sources = {}
     for name in args.data:
         task = Path(name).stem or name

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from vist2.errors import Vist2Error
-from vist2.eval.jsonl_files import regular_file
+from vist2.jsonl_files import regular_file
 
 SETTINGS = "run.json"
 PREDICTIONS = "predictions.jsonl"

@@ -27,9 +27,9 @@ from pathlib import Path
 from vist2.errors import Vist2Error
 from vist2.eval import run_folder, shard
 from vist2.eval.sample import EvalSample, Row
+from vist2.flags import check_model_source, chunk_options_from, generation_config
 from vist2.folder_lock import hold
-
-MODE_ORDER = ("text", "pcc", "gcc")
+from vist2.options import MODES, ChunkOptions
 
 
 def run(args, module) -> list[Row]:
@@ -80,6 +80,7 @@ def _run(args, module, modes: list[str], out: Path, earlier: dict | None, rank: 
         with open(out / run_folder.PREDICTIONS, "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     else:
+        options = chunk_options_from(args, model)
         samples = shard.share(lambda: module.load_samples(args, tokenizer))
         if not samples:
             raise Vist2Error(f"{module.NAME}: no samples to evaluate")
@@ -90,7 +91,8 @@ def _run(args, module, modes: list[str], out: Path, earlier: dict | None, rank: 
         quiet = argparse.Namespace(**{**vars(args), "progress_bar": args.progress_bar and rank == 0})
         with open(out / run_folder.PREDICTIONS, "a", encoding="utf-8") if rank == 0 else nullcontext() as handle:
             try:
-                records = evaluate(model, tokenizer, shard.mine(samples), modes, module.score, quiet, done, handle)
+                records = evaluate(model, tokenizer, shard.mine(samples), modes, module.score, quiet, options, done,
+                                   handle)
                 records = shard.merge(records, samples, modes, done, handle)
             except KeyboardInterrupt:
                 print(f"finished predictions are in {out / run_folder.PREDICTIONS}; rerun the same command to "
@@ -99,11 +101,7 @@ def _run(args, module, modes: list[str], out: Path, earlier: dict | None, rank: 
         if rank != 0:
             shard.finish()
             return []
-        from vist2.flags import chunking_args
-        from vist2.options import chunk_options
-
-        fill = chunk_options(model, **chunking_args(args)).chunking == "fill"
-        rows = summarize(module.NAME, records, None if fill else model.config.ratio)
+        rows = summarize(module.NAME, records, None if options.chunking == "fill" else options.ratio)
         rows = [module.pool(row) for row in rows] if hasattr(module, "pool") else rows
     write_outputs(out, args, module, rows, time.perf_counter() - start)
     print(table(rows))
@@ -114,9 +112,6 @@ def _run(args, module, modes: list[str], out: Path, earlier: dict | None, rank: 
 
 def check_arguments(args, module) -> list[str]:
     """Every common flag and the benchmark's own (check_arguments), before --out is touched; the modes."""
-    from vist2.flags import check_model_source, generation_config
-    from vist2.generate import MODES
-
     allowed = getattr(module, "MODES", MODES)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in allowed]
@@ -137,7 +132,7 @@ def check_arguments(args, module) -> list[str]:
     check_model_source(args)
     if hasattr(module, "check_arguments"):
         module.check_arguments(args)
-    return sorted(modes, key=lambda mode: (MODE_ORDER + allowed).index(mode))
+    return sorted(modes, key=lambda mode: (MODES + allowed).index(mode))
 
 
 def check_unique(benchmark: str, samples: list[EvalSample]) -> None:
@@ -157,8 +152,6 @@ def chat_template(sample: EvalSample) -> bool:
 
 def sample_config(args, mode: str, sample: EvalSample):
     """The GenerationConfig a sample is generated with in `mode` (batches share one: `batches`)."""
-    from vist2.flags import generation_config
-
     config = generation_config(args, mode, args.max_new_tokens or sample.max_new_tokens)
     return replace(config, chat_template=chat_template(sample), stop_strings=config.stop_strings + stop_strings(sample))
 
@@ -183,18 +176,15 @@ def batches(samples: list[EvalSample], size: int, tokenizer) -> list[list[EvalSa
     return groups
 
 
-def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], score, args,
+def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], score, args, options: ChunkOptions,
              done: dict[tuple, dict] | None = None, sink=None) -> list[dict]:
     """Generate and score every sample in every mode not already in `done` (records by
-    `run_folder.key`), each record written to `sink` and flushed as it finishes; returns all
-    records of these samples and modes, mode by mode in sample order."""
+    `run_folder.key`) under chunk `options`, each record written to `sink` and flushed as it
+    finishes; returns all records of these samples and modes, mode by mode in sample order."""
     from tqdm import tqdm
 
-    from vist2.flags import chunking_args
     from vist2.generate import generate
-    from vist2.options import chunk_options
 
-    options = chunk_options(model, **chunking_args(args))
     done = dict(done or {})
     keys = {mode: [(s.task, s.length, s.id, mode) for s in samples] for mode in modes}
     todo = {mode: [s for s, k in zip(samples, keys[mode]) if k not in done] for mode in modes}
@@ -247,7 +237,7 @@ def summarize(benchmark: str, records: list[dict], ratio: float) -> list[Row]:
     for record in records:
         groups[(record["task"], record["length"], record["mode"])].append(record)
     tasks = list(dict.fromkeys(r["task"] for r in records))
-    keys = sorted(groups, key=lambda k: (tasks.index(k[0]), k[1] is not None, k[1] or 0, MODE_ORDER.index(k[2])))
+    keys = sorted(groups, key=lambda k: (tasks.index(k[0]), k[1] is not None, k[1] or 0, MODES.index(k[2])))
     rows = []
     for task, length, mode in keys:
         group = groups[(task, length, mode)]
@@ -296,8 +286,8 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     styles = {"text": "-", "pcc": "--", "gcc": ":"}
     tasks = list(dict.fromkeys(r.task for r in rows))
     colors = {task: plt.cm.tab10(i % 10) for i, task in enumerate(tasks)}
-    modes = [m for m in MODE_ORDER if any(r.mode == m for r in rows)] + \
-        list(dict.fromkeys(r.mode for r in rows if r.mode not in MODE_ORDER))  # e.g. "ocr"
+    modes = [m for m in MODES if any(r.mode == m for r in rows)] + \
+        list(dict.fromkeys(r.mode for r in rows if r.mode not in MODES))  # e.g. "ocr"
     figure, axes = plt.subplots(figsize=(8, 5))
     if all(r.length is not None for r in rows):
         for task in tasks:

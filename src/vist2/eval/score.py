@@ -23,8 +23,8 @@ import argparse
 import json
 from pathlib import Path
 
+from vist2 import jsonl_files
 from vist2.errors import Vist2Error
-from vist2.eval import jsonl_files
 from vist2.eval.metrics import DATASET_METRIC, subset_score, subset_score_e
 
 NAME = "score"

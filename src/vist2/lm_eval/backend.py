@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from vist2.engine import Engine
 from vist2.errors import Vist2Error
-from vist2.generate import MODES, GenerationConfig, load_model
-from vist2.options import chunk_options
+from vist2.generate import load_model
+from vist2.options import MODES, GenerationConfig, chunk_options
 from vist2.prompt import chat_parts
 from vist2.render import Renderer
 

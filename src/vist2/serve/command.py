@@ -34,12 +34,11 @@ def _names(text: str) -> list[str]:
 
 
 def add_serve(commands) -> None:
-    from vist2.flags import add_chunking_flags, add_model_source
+    from vist2.flags import add_chunk_flags, add_model_source
 
     parser = commands.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API, with a live page at /")
     add_model_source(parser)
-    parser.add_argument("--chunk-tokens", type=integer(1), help="K, text tokens per compressed chunk (default: the model's)")
-    add_chunking_flags(parser)
+    add_chunk_flags(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=integer(1, 65535), default=8000, help="TCP port (default 8000)")
     parser.add_argument("--mode", default="gcc", help="mode of requests that name none: gcc, pcc or text (default gcc)")
@@ -82,8 +81,8 @@ def add_serve(commands) -> None:
 def serve(args) -> int:
     from pathlib import Path
 
-    from vist2.flags import check_model_source, chunking_args
-    from vist2.generate import MODES
+    from vist2.flags import check_model_source, chunk_options_from
+    from vist2.options import MODES
 
     if args.mode not in MODES:
         raise Vist2Error(f"--mode must be one of {', '.join(MODES)}, got {args.mode!r}")
@@ -105,13 +104,12 @@ def serve(args) -> int:
 
     from vist2.engine import Engine
     from vist2.generate import load_model
-    from vist2.options import chunk_options
     from vist2.render import Renderer
 
     torch.set_num_threads(args.threads or default_threads(torch.get_num_threads()))
     model, tokenizer = load_model(args.model, args.preset, args.seed, args.device, args.dtype)
     renderer = Renderer(model.config.render)
-    options = chunk_options(model, renderer, chunk_tokens=args.chunk_tokens, **chunking_args(args))
+    options = chunk_options_from(args, model, renderer)
     engine = Engine(model, tokenizer, renderer, options, max_batch=args.max_batch,
                     prefill_tokens=args.prefill_chunk_tokens or None)
     name = args.served_model_name or args.preset or Path(args.model).resolve().name

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, replace
 
 from vist2.errors import Vist2Error
+from vist2.options import MODES, GenerationConfig
 
 MAX_N = 8
 MAX_STOPS = 4
@@ -55,7 +56,7 @@ class Limits:
 class Job:
     """One checked request: how to sample and how to answer (the prompts come from serve/chat.py)."""
 
-    config: object  # GenerationConfig; max_new_tokens is set per prompt (`with_max_tokens`)
+    config: GenerationConfig  # max_new_tokens is set per prompt (`with_max_tokens`)
     max_tokens: int | None  # asked for (None: the server's default, within the context)
     max_tokens_param: str
     n: int
@@ -185,7 +186,6 @@ def _logprobs(body: dict, chat: bool) -> int | None:
 
 def parse_job(body: dict, chat: bool, default_mode: str, limits: Limits, vocabulary: int) -> Job:
     """Check every field but the prompt (400 with the field named) and build the job."""
-    from vist2.generate import MODES, GenerationConfig
 
     check_fields(body, chat)
     mode = body.get("mode", default_mode)

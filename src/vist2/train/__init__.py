@@ -6,9 +6,9 @@
 Same as `vist2 train --stage ocr --data corpus/ --output runs/ocr --preset tiny`.
 """
 
-from vist2.train.config import STAGE_DEFAULTS, TrainConfig
+from vist2.train.config import TrainConfig
 
-__all__ = ["STAGE_DEFAULTS", "TrainConfig", "TrainResult", "train"]
+__all__ = ["TrainConfig", "TrainResult", "train"]
 
 
 def __getattr__(name: str):

@@ -25,7 +25,8 @@ from typing import Any
 
 from vist2.errors import Vist2Error
 from vist2.folder_lock import LOCK, hold
-from vist2.model import read_checkpoint_config
+from vist2.model import Vist2Model, read_checkpoint_config
+from vist2.train import sharded
 
 PREFIX = "step-"
 TEMPORARY = ".tmp-"
@@ -196,3 +197,80 @@ def check_same_model(expected: dict[str, Any], directory: str | Path, what: str)
         differing = sorted(k for k in expected if expected[k] != found.get(k))
         raise Vist2Error(f"{what} {directory} holds a different model (preset {found['preset']!r}, differs in "
                          f"{', '.join(differing)}) than this run expects (preset {expected['preset']!r})")
+
+
+def full_model(accelerator, model, fsdp: bool) -> Vist2Model | None:
+    """The unsharded model on the main process (None elsewhere); every rank must call it."""
+    from accelerate.utils import DistributedType
+
+    if fsdp:
+        state = sharded.full_state(model)
+    else:
+        state = accelerator.get_state_dict(model)  # collective under FSDP / DeepSpeed: every rank calls it
+    if not accelerator.is_main_process:
+        return None
+    unwrapped = accelerator.unwrap_model(model)
+    if fsdp or accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        full = Vist2Model(unwrapped.config)
+        full.load_state_dict(state)
+        unwrapped = full
+    return unwrapped
+
+
+def save_step(accelerator, model, optimizer, tokenizer, output: Path, step: int, progress: dict, keep: int) -> None:
+    """Checkpoint (all ranks take part): written under a temporary name, then renamed."""
+    final = checkpoints_dir(output) / f"{PREFIX}{step:08d}"
+    temporary = temporary_for(final)
+    if accelerator.is_main_process:
+        make_temporary(final)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(temporary / "state"))  # under --fsdp: the RNG states only
+        if progress["fsdp"]:
+            sharded.save(model, optimizer, temporary / "state")
+        full = full_model(accelerator, model, progress["fsdp"])
+        if full is not None:
+            full.save_pretrained(temporary / "model", tokenizer)
+    except RuntimeError:
+        explain_write_failure(temporary)
+        raise
+    accelerator.wait_for_everyone()  # every rank's RNG state is in before the rename
+    if accelerator.is_main_process:
+        write_progress(temporary, progress)
+        publish(temporary, final)
+        prune(output, keep)
+    accelerator.wait_for_everyone()
+
+
+def restore(accelerator, model, optimizer, state: Path, fsdp: bool) -> None:
+    """Model and optimizer state of a checkpoint to resume; one line if it cannot be read."""
+    try:
+        accelerator.load_state(str(state))
+        if fsdp:
+            sharded.load(model, optimizer, state)
+    except (RuntimeError, OSError, ValueError, KeyError) as error:
+        if isinstance(error, Vist2Error):
+            raise
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+        raise Vist2Error(f"cannot load the training state in {state} ({reason}); move that checkpoint "
+                         "away to resume from the one before") from None
+
+
+def save_final(accelerator, model, tokenizer, output: Path, fsdp: bool) -> tuple[Path, Vist2Model | None]:
+    """OUTPUT/final, written aside then published (all ranks take part); (final, the full model on
+    the main process, else None)."""
+    final = output / "final"
+    temporary = temporary_for(final)
+    if accelerator.is_main_process:
+        make_temporary(final)
+    accelerator.wait_for_everyone()
+    full = full_model(accelerator, model, fsdp)
+    if full is not None:
+        try:
+            full.save_pretrained(temporary, tokenizer)
+        except RuntimeError:
+            explain_write_failure(temporary)
+            raise
+        publish(temporary, final)
+    accelerator.wait_for_everyone()
+    return final, full

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vist2 import stages
+from vist2 import jsonl_files, stages
 from vist2.chunking import split_chunks
 from vist2.data_folder import files_under, inside, regular_file
 from vist2.errors import Vist2Error
@@ -69,9 +69,7 @@ def data_files(paths: tuple[str, ...], follow_symlinks: bool = False) -> list[Pa
 
 def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
     """Records of a training JSONL file (any size; lines bounded, NaN/Infinity refused)."""
-    from vist2.eval.jsonl_files import records
-
-    for number, record in records(path, max_file_bytes=None):
+    for number, record in jsonl_files.records(path, max_file_bytes=None):
         record["_where"], record["_base"] = f"{path}, line {number}", path.parent
         yield record
 

