@@ -197,3 +197,24 @@ def test_resume_refuses_a_retrained_model(tmp_path, monkeypatch):
     (model / "model.safetensors").write_bytes(b"retrained weights")
     with pytest.raises(Vist2Error, match="the --model weights changed"):
         runner.check_arguments(args, _fake_benchmark())
+
+
+def test_a_sample_the_benchmark_cannot_provide_is_an_error_row_and_the_others_are_scored(tmp_path, one_thread,
+                                                                                         capsys):
+    benchmark = _fake_benchmark()
+    plain = benchmark.load_samples
+
+    def load_samples(args, tokenizer):
+        return plain(args, tokenizer) + [EvalSample(id="gamma-error", task="gamma", query="", references=(),
+                                                    max_new_tokens=3, length=32, extra={"error": "too short"})]
+
+    benchmark.load_samples = load_samples
+    rows = runner.run(_args(tmp_path, "--samples", "2", "--modes", "text", "--max-new-tokens", "2"), benchmark)
+    by_task = {r.task: r for r in rows}
+    assert by_task["gamma"].error == "too short" and by_task["gamma"].score is None and by_task["gamma"].n == 0
+    assert by_task["alpha"].score == 50.0 and by_task["beta"].n == 2
+    printed = capsys.readouterr().out
+    assert "error: too short" in printed
+    records = (tmp_path / "out" / "predictions.jsonl").read_text()
+    assert "gamma" not in records
+    assert (tmp_path / "out" / "results.png").stat().st_size > 0

@@ -133,6 +133,8 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
     options = chunk_options(model, **chunking_args(args))
     done = dict(done or {})
     keys = {mode: [(s.task, s.length, s.id, mode) for s in samples] for mode in modes}
+    done.update({k: error_record(s, k[3]) for mode in modes for s, k in zip(samples, keys[mode])
+                 if s.extra.get("error")})
     todo = {mode: [s for s, k in zip(samples, keys[mode]) if k not in done] for mode in modes}
     total, skipped = len(samples) * len(modes), sum(len(samples) - len(t) for t in todo.values())
     if skipped:
@@ -157,6 +159,12 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
     return [done[k] for mode in modes for k in keys[mode]]
 
 
+def error_record(sample: EvalSample, mode: str) -> dict:
+    """The record of a sample the benchmark could not provide (`extra["error"]`): nothing generated."""
+    return {"id": sample.id, "task": sample.task, "length": sample.length, "mode": mode,
+            "error": sample.extra["error"], "references": [], "scores": {}, "stats": {}}
+
+
 def summarize(benchmark: str, records: list[dict], ratio: float) -> list[Row]:
     """One row per (task, length, mode): mean scores and generation stats; ratio K/beta outside text
     (None: the mean tokens per visual token measured, as fill chunks vary)."""
@@ -168,6 +176,10 @@ def summarize(benchmark: str, records: list[dict], ratio: float) -> list[Row]:
     rows = []
     for task, length, mode in keys:
         group = groups[(task, length, mode)]
+        errors = [r["error"] for r in group if r.get("error")]
+        if errors:
+            rows.append(Row(benchmark, task, length, mode, None, None, 0, error=errors[0]))
+            continue
         metrics = {name: _mean([r["scores"][name] for r in group]) for name in group[0]["scores"]}
         stats = {name: _mean([r["stats"][name] for r in group])
                  for name in ("kv_tokens_peak", "kv_tokens_full_text", "time_to_first_token_s")}
@@ -204,12 +216,14 @@ def write_outputs(out: Path, args, module, rows: list[Row], seconds: float) -> N
 
 
 def plot(rows: list[Row], path: Path, title: str) -> None:
-    """Score vs length, one line per (task, mode); grouped bars when rows have no length."""
+    """Score vs length, one line per (task, mode); grouped bars when rows have no length. Error
+    rows are not drawn (the table names them)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r.error is None]
     styles = {"text": "-", "pcc": "--", "gcc": ":"}
     tasks = list(dict.fromkeys(r.task for r in rows))
     colors = {task: plt.cm.tab10(i % 10) for i, task in enumerate(tasks)}
@@ -242,14 +256,15 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
 
 def table(rows: list[Row]) -> str:
     header = f"{'task':20s} {'length':>7s} {'mode':5s} {'ratio':>6s} {'score':>6s} {'n':>4s} " \
-             f"{'kv peak':>8s} {'kv text':>8s} {'ttft s':>7s}"
+             f"{'kv peak':>8s} {'kv text':>8s} {'ttft s':>7s}  note"
     lines = [header]
     for r in rows:
         ratio = "-" if r.ratio is None else f"{r.ratio:g}"
         length = "-" if r.length is None else str(r.length)
-        lines.append(f"{r.task:20s} {length:>7s} {r.mode:5s} {ratio:>6s} {r.score:6.1f} {r.n:4d} "
+        note = f"error: {r.error}" if r.error else ""
+        lines.append(f"{r.task:20s} {length:>7s} {r.mode:5s} {ratio:>6s} {_num(r.score, '6.1f'):>6s} {r.n:4d} "
                      f"{_num(r.kv_tokens_peak_mean, '.0f'):>8s} {_num(r.kv_tokens_full_text_mean, '.0f'):>8s} "
-                     f"{_num(r.time_to_first_token_s_mean, '.2f'):>7s}")
+                     f"{_num(r.time_to_first_token_s_mean, '.2f'):>7s}  {note}".rstrip())
     return "\n".join(lines)
 
 
