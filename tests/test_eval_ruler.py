@@ -68,6 +68,12 @@ def test_ruler_end_to_end_on_the_tiny_preset(tmp_path, one_thread, monkeypatch):
     record = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
     assert record["references"] and record["stats"]["kv_tokens_full_text"] > 4000
     assert rows[3]["kv_tokens_peak_mean"] < rows[2]["kv_tokens_peak_mean"]  # gcc held the context as pages
+    # the samples (and vt's error) are cached in --out: a resumed or repeated run generates nothing
+    assert sorted(p.name for p in (out / ruler.CACHE).iterdir()) == ["qa_1-8192", "vt-8192"]
+    monkeypatch.setattr(ruler, "_generate", lambda *a: pytest.fail("generated again"))
+    (out / "results.json").unlink()
+    assert main(command) == 0
+    assert json.loads((out / "results.json").read_text())["rows"] == rows
 
 
 def test_a_generator_past_its_time_limit_is_an_error(tmp_path, tiny, monkeypatch):

