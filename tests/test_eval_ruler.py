@@ -47,7 +47,7 @@ def test_punkt_is_shipped_offline():
         nltk.data.path[:] = saved
 
 
-def test_ruler_end_to_end_on_the_tiny_preset(tmp_path, one_thread, monkeypatch):
+def test_ruler_end_to_end_on_the_tiny_preset(tmp_path, one_thread, monkeypatch, capsys):
     # qa_1 is the quickest generator; with the byte tokenizer its smallest context needs ~8k tokens.
     # vt cannot be generated with it at any length (its few-shot example alone exceeds the 500 tokens
     # RULER allows it): an error row, seen as soon as RULER prints its search, while qa_1 is scored.
@@ -64,7 +64,8 @@ def test_ruler_end_to_end_on_the_tiny_preset(tmp_path, one_thread, monkeypatch):
     assert [(r["task"], r["length"], r["mode"], r["n"]) for r in rows] == [
         ("vt", 8192, "text", 0), ("vt", 8192, "gcc", 0), ("qa_1", 8192, "text", 1), ("qa_1", 8192, "gcc", 1)]
     assert "vt generator cannot fit its smallest context" in rows[0]["error"] and rows[0]["score"] is None
-    assert rows[2]["error"] is None and rows[2]["score"] is not None
+    assert rows[2]["error"] is None and rows[2]["max_new_tokens"] == 2 and rows[2]["benchmark_max_new_tokens"] == 32
+    assert "answers capped at 2 tokens, the benchmark allows 32" in capsys.readouterr().out
     record = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
     assert record["references"] and record["stats"]["kv_tokens_full_text"] > 4000
     assert rows[3]["kv_tokens_peak_mean"] < rows[2]["kv_tokens_peak_mean"]  # gcc held the context as pages

@@ -46,6 +46,7 @@ def test_runner_writes_rows_predictions_and_plot(tmp_path, one_thread, capsys):
     K, beta = preset("tiny").chunk.chunk_tokens, preset("tiny").visual_tokens
     assert (second["task"], second["mode"], second["ratio"]) == ("alpha", "gcc", K / beta)
     assert first["n"] == 2 and first["score"] == 50.0  # s0 scores 100, s1 scores 0
+    assert first["max_new_tokens"] == first["benchmark_max_new_tokens"] == 3  # the sample's budget by default
     assert "chars" in first and first["kv_tokens_peak_mean"] > 0 and first["kv_tokens_full_text_mean"] > 0
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 2 * 2
@@ -213,8 +214,10 @@ def test_a_sample_the_benchmark_cannot_provide_is_an_error_row_and_the_others_ar
     by_task = {r.task: r for r in rows}
     assert by_task["gamma"].error == "too short" and by_task["gamma"].score is None and by_task["gamma"].n == 0
     assert by_task["alpha"].score == 50.0 and by_task["beta"].n == 2
-    printed = capsys.readouterr().out
-    assert "error: too short" in printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "error: too short" in printed and "resuming" not in captured.err  # an error row is no prediction
+    assert "answers capped at 2 tokens, the benchmark allows 3" in printed  # --max-new-tokens below the budget
     records = (tmp_path / "out" / "predictions.jsonl").read_text()
-    assert "gamma" not in records
+    assert "gamma" not in records and '"max_new_tokens": 2, "benchmark_max_new_tokens": 3' in records
     assert (tmp_path / "out" / "results.png").stat().st_size > 0

@@ -133,10 +133,12 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
     options = chunk_options(model, **chunking_args(args))
     done = dict(done or {})
     keys = {mode: [(s.task, s.length, s.id, mode) for s in samples] for mode in modes}
+    todo = {mode: [s for s, k in zip(samples, keys[mode]) if k not in done and not s.extra.get("error")]
+            for mode in modes}
+    total, skipped = len(samples) * len(modes), sum(len(samples) - len(t) for t in todo.values())
+    skipped -= sum(1 for s in samples if s.extra.get("error")) * len(modes)  # not predictions
     done.update({k: error_record(s, k[3]) for mode in modes for s, k in zip(samples, keys[mode])
                  if s.extra.get("error")})
-    todo = {mode: [s for s, k in zip(samples, keys[mode]) if k not in done] for mode in modes}
-    total, skipped = len(samples) * len(modes), sum(len(samples) - len(t) for t in todo.values())
     if skipped:
         print(f"resuming: {skipped} of {total} predictions already in --out", file=sys.stderr)
     with tqdm(total=total, initial=skipped, desc="eval", unit="sample", disable=not args.progress_bar) as bar:
@@ -150,6 +152,7 @@ def evaluate(model, tokenizer, samples: list[EvalSample], modes: list[str], scor
                         "id": sample.id, "task": sample.task, "length": sample.length, "mode": mode,
                         "prediction": result.text, "references": list(sample.references),
                         "scores": score(sample, result.text), "stats": result.stats.as_dict(),
+                        "max_new_tokens": config.max_new_tokens, "benchmark_max_new_tokens": sample.max_new_tokens,
                     }
                     done[run_folder.key(record)] = record
                     if sink is not None:
@@ -166,7 +169,8 @@ def error_record(sample: EvalSample, mode: str) -> dict:
 
 
 def summarize(benchmark: str, records: list[dict], ratio: float) -> list[Row]:
-    """One row per (task, length, mode): mean scores and generation stats; ratio K/beta outside text
+    """One row per (task, length, mode): mean scores, generation stats and the answer budget (the
+    most new tokens allowed, and the benchmark's own); ratio K/beta outside text
     (None: the mean tokens per visual token measured, as fill chunks vary)."""
     groups = defaultdict(list)
     for record in records:
@@ -184,6 +188,9 @@ def summarize(benchmark: str, records: list[dict], ratio: float) -> list[Row]:
         stats = {name: _mean([r["stats"][name] for r in group])
                  for name in ("kv_tokens_peak", "kv_tokens_full_text", "time_to_first_token_s")}
         measured = _mean([r["stats"].get("tokens_per_visual_token", 0.0) for r in group])
+        for name in ("max_new_tokens", "benchmark_max_new_tokens"):  # the answer budget used, and the benchmark's
+            if all(name in r for r in group):
+                metrics[name] = max(r[name] for r in group)
         rows.append(Row(benchmark, task, length, mode, None if mode == "text" else ratio or measured,
                         metrics.pop("score"), len(group), stats["kv_tokens_peak"], stats["kv_tokens_full_text"],
                         stats["time_to_first_token_s"], metrics))
@@ -255,13 +262,17 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
 
 
 def table(rows: list[Row]) -> str:
+    """The rows as text; error rows and answer budgets below the benchmark's said."""
     header = f"{'task':20s} {'length':>7s} {'mode':5s} {'ratio':>6s} {'score':>6s} {'n':>4s} " \
              f"{'kv peak':>8s} {'kv text':>8s} {'ttft s':>7s}  note"
     lines = [header]
     for r in rows:
         ratio = "-" if r.ratio is None else f"{r.ratio:g}"
         length = "-" if r.length is None else str(r.length)
-        note = f"error: {r.error}" if r.error else ""
+        used, budget = r.extra.get("max_new_tokens"), r.extra.get("benchmark_max_new_tokens")
+        note = f"error: {r.error}" if r.error else \
+            (f"answers capped at {used} tokens, the benchmark allows {budget}" if used and budget and used < budget
+             else "")
         lines.append(f"{r.task:20s} {length:>7s} {r.mode:5s} {ratio:>6s} {_num(r.score, '6.1f'):>6s} {r.n:4d} "
                      f"{_num(r.kv_tokens_peak_mean, '.0f'):>8s} {_num(r.kv_tokens_full_text_mean, '.0f'):>8s} "
                      f"{_num(r.time_to_first_token_s_mean, '.2f'):>7s}  {note}".rstrip())
