@@ -169,9 +169,10 @@ def error_record(sample: EvalSample, mode: str) -> dict:
 
 
 def summarize(benchmark: str, records: list[dict], ratio: float) -> list[Row]:
-    """One row per (task, length, mode): mean scores, generation stats and the answer budget (the
-    most new tokens allowed, and the benchmark's own); ratio K/beta outside text
-    (None: the mean tokens per visual token measured, as fill chunks vary)."""
+    """One row per (task, length, mode): mean scores with their standard error, generation stats
+    and the answer budget (the most new tokens allowed, and the benchmark's own); ratio K/beta
+    outside text (None: the mean tokens per visual token measured, as fill chunks vary). Then
+    the aggregate rows (`aggregates`)."""
     groups = defaultdict(list)
     for record in records:
         groups[(record["task"], record["length"], record["mode"])].append(record)
@@ -193,8 +194,49 @@ def summarize(benchmark: str, records: list[dict], ratio: float) -> list[Row]:
                 metrics[name] = max(r[name] for r in group)
         rows.append(Row(benchmark, task, length, mode, None if mode == "text" else ratio or measured,
                         metrics.pop("score"), len(group), stats["kv_tokens_peak"], stats["kv_tokens_full_text"],
-                        stats["time_to_first_token_s"], metrics))
-    return rows
+                        stats["time_to_first_token_s"], metrics,
+                        stderr=standard_error([r["scores"]["score"] for r in group])))
+    return rows + aggregates(benchmark, rows)
+
+
+def aggregates(benchmark: str, rows: list[Row]) -> list[Row]:
+    """Unweighted means of task rows, as RULER and LongBench report them: per (length, mode) over
+    the tasks scored there (RULER's mean per length; with no lengths, LongBench's average per
+    mode), and per mode over every row when there are several lengths. Error rows are left out
+    and the count of rows averaged is in `aggregate`. The standard error of a mean of k
+    independent rows is sqrt(sum se_i^2) / k."""
+    scored = [r for r in rows if r.error is None and r.aggregate is None]
+    modes = sorted({r.mode for r in scored}, key=lambda m: (m not in MODE_ORDER, MODE_ORDER.index(m)
+                                                            if m in MODE_ORDER else 0, m))
+    lengths = sorted({r.length for r in scored}, key=lambda n: (n is not None, n or 0))
+    means = []
+    for mode in modes:
+        for length in lengths:
+            group = [r for r in scored if r.mode == mode and r.length == length]
+            if len(group) > 1:
+                means.append(_aggregate(benchmark, group, length, mode, f"mean of {len(group)} tasks"))
+        group = [r for r in scored if r.mode == mode]
+        if len({r.length for r in group}) > 1:
+            means.append(_aggregate(benchmark, group, None, mode, f"mean of {len(group)} task-length rows"))
+    return means
+
+
+def _aggregate(benchmark: str, group: list[Row], length: int | None, mode: str, what: str) -> Row:
+    errors = [r.stderr for r in group]
+    ratios = {r.ratio for r in group}
+    return Row(benchmark, "mean", length, mode, ratios.pop() if len(ratios) == 1 else None,
+               _mean([r.score for r in group]), sum(r.n for r in group),
+               stderr=None if None in errors else math.sqrt(sum(e * e for e in errors)) / len(group),
+               aggregate=what)
+
+
+def standard_error(values: list[float]) -> float | None:
+    """Standard error of the mean, s / sqrt(n) with s the sample standard deviation (n - 1), as
+    lm-evaluation-harness reports it; None for fewer than two values."""
+    if len(values) < 2:
+        return None
+    mean = _mean(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
 
 
 def _mean(values: list[float]) -> float:
@@ -224,13 +266,13 @@ def write_outputs(out: Path, args, module, rows: list[Row], seconds: float) -> N
 
 def plot(rows: list[Row], path: Path, title: str) -> None:
     """Score vs length, one line per (task, mode); grouped bars when rows have no length. Error
-    rows are not drawn (the table names them)."""
+    and aggregate rows are not drawn (the table shows them)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r.error is None]
+    rows = [r for r in rows if r.error is None and r.aggregate is None]
     styles = {"text": "-", "pcc": "--", "gcc": ":"}
     tasks = list(dict.fromkeys(r.task for r in rows))
     colors = {task: plt.cm.tab10(i % 10) for i, task in enumerate(tasks)}
@@ -262,20 +304,23 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
 
 
 def table(rows: list[Row]) -> str:
-    """The rows as text; error rows and answer budgets below the benchmark's said."""
-    header = f"{'task':20s} {'length':>7s} {'mode':5s} {'ratio':>6s} {'score':>6s} {'n':>4s} " \
+    """The rows as text: score ± standard error; error rows, answer budgets below the benchmark's
+    and aggregate rows said."""
+    header = f"{'task':20s} {'length':>7s} {'mode':5s} {'ratio':>6s} {'score':>6s} {'± se':>5s} {'n':>4s} " \
              f"{'kv peak':>8s} {'kv text':>8s} {'ttft s':>7s}  note"
     lines = [header]
     for r in rows:
         ratio = "-" if r.ratio is None else f"{r.ratio:g}"
         length = "-" if r.length is None else str(r.length)
         used, budget = r.extra.get("max_new_tokens"), r.extra.get("benchmark_max_new_tokens")
-        note = f"error: {r.error}" if r.error else \
+        note = f"error: {r.error}" if r.error else r.aggregate or \
             (f"answers capped at {used} tokens, the benchmark allows {budget}" if used and budget and used < budget
              else "")
-        lines.append(f"{r.task:20s} {length:>7s} {r.mode:5s} {ratio:>6s} {_num(r.score, '6.1f'):>6s} {r.n:4d} "
-                     f"{_num(r.kv_tokens_peak_mean, '.0f'):>8s} {_num(r.kv_tokens_full_text_mean, '.0f'):>8s} "
-                     f"{_num(r.time_to_first_token_s_mean, '.2f'):>7s}  {note}".rstrip())
+        lines.append(f"{r.task:20s} {length:>7s} {r.mode:5s} {ratio:>6s} {_num(r.score, '6.1f'):>6s} "
+                     f"{_num(r.stderr, '5.1f'):>5s} {r.n:4d} {_num(r.kv_tokens_peak_mean, '.0f'):>8s} "
+                     f"{_num(r.kv_tokens_full_text_mean, '.0f'):>8s} {_num(r.time_to_first_token_s_mean, '.2f'):>7s}"
+                     f"  {note}".rstrip())
+    lines.append("± se: standard error of the mean (sample s.d. / sqrt(n)); of a mean row, sqrt(sum se^2) / rows")
     return "\n".join(lines)
 
 
