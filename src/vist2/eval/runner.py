@@ -265,39 +265,58 @@ def write_outputs(out: Path, args, module, rows: list[Row], seconds: float) -> N
 
 
 def plot(rows: list[Row], path: Path, title: str) -> None:
-    """Score vs length, one line per (task, mode); grouped bars when rows have no length. Error
-    and aggregate rows are not drawn (the table shows them)."""
+    """Score vs length with standard-error bars, one panel per mode, one line per task (its own
+    colour and marker, nudged up to 3% sideways and 1.5 points up or down so equal scores stay
+    apart; the table has the exact values) and the mean per length dashed black; grouped bars when
+    rows have no length. Error rows are not drawn (the table names them)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r.error is None and r.aggregate is None]
-    styles = {"text": "-", "pcc": "--", "gcc": ":"}
-    tasks = list(dict.fromkeys(r.task for r in rows))
-    colors = {task: plt.cm.tab10(i % 10) for i, task in enumerate(tasks)}
-    modes = [m for m in MODE_ORDER if any(r.mode == m for r in rows)] + \
-        list(dict.fromkeys(r.mode for r in rows if r.mode not in MODE_ORDER))  # e.g. "ocr"
-    figure, axes = plt.subplots(figsize=(8, 5))
-    if all(r.length is not None for r in rows):
-        for task in tasks:
-            for mode in modes:
-                line = sorted((r.length, r.score) for r in rows if r.task == task and r.mode == mode)
+    drawn = [r for r in rows if r.error is None]
+    tasks = list(dict.fromkeys(r.task for r in drawn if r.aggregate is None))
+    palette = plt.cm.tab10 if len(tasks) <= 10 else plt.cm.tab20
+    colors = {task: palette(i % palette.N) for i, task in enumerate(tasks)}
+    markers = dict(zip(tasks, "osD^v<>pP*Xhd" * 2))
+    modes = [m for m in MODE_ORDER if any(r.mode == m for r in drawn)] + \
+        list(dict.fromkeys(r.mode for r in drawn if r.mode not in MODE_ORDER))  # e.g. "ocr"
+    if drawn and all(r.length is not None for r in drawn if r.aggregate is None):
+        figure, panels = plt.subplots(1, len(modes), figsize=(5 * len(modes) + 2.5, 5), sharey=True, squeeze=False)
+        for axes, mode in zip(panels[0], modes):
+            for i, task in enumerate(tasks):
+                line = sorted((r.length, r.score, r.stderr or 0.0) for r in drawn
+                              if r.task == task and r.mode == mode and r.aggregate is None)
                 if line:
-                    axes.plot(*zip(*line), styles.get(mode, "-."), marker="o", color=colors[task],
-                              label=f"{task} {mode}")
-        axes.set_xscale("log", base=2)
-        axes.set_xlabel("length (tokens)")
+                    share = (i - (len(tasks) - 1) / 2) / max(len(tasks) - 1, 1)  # in [-0.5, 0.5]
+                    x, y, e = zip(*line)
+                    axes.errorbar([v * 2 ** (0.08 * share) for v in x], [v + 3 * share for v in y], yerr=e,
+                                  marker=markers[task], color=colors[task], markersize=5, capsize=2, linewidth=1,
+                                  alpha=0.85, label=task)
+            mean = sorted((r.length, r.score) for r in drawn if r.mode == mode and r.aggregate and r.length)
+            if mean:
+                axes.plot(*zip(*mean), "k--", linewidth=2, alpha=0.7, label="mean of tasks")
+            axes.set_xscale("log", base=2)
+            ticks = sorted({r.length for r in drawn if r.length})
+            axes.set_xticks(ticks, [str(n) for n in ticks])
+            axes.set_xlabel("length (tokens)")
+            axes.set_title(mode, fontsize=9)
+            axes.grid(alpha=0.3)
+        axes = panels[0][0]
+        panels[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     else:
-        width = 0.8 / len(modes)
+        figure, axes = plt.subplots(figsize=(8, 5))
+        width = 0.8 / max(len(modes), 1)
         for j, mode in enumerate(modes):
-            scores = [_mean([r.score for r in rows if r.task == t and r.mode == mode] or [0.0]) for t in tasks]
-            axes.bar([i + j * width for i in range(len(tasks))], scores, width, label=mode)
+            cells = [[r for r in drawn if r.task == t and r.mode == mode and r.aggregate is None] for t in tasks]
+            scores = [_mean([r.score for r in c]) if c else 0.0 for c in cells]
+            errors = [c[0].stderr or 0.0 if len(c) == 1 else 0.0 for c in cells]
+            axes.bar([i + j * width for i in range(len(tasks))], scores, width, yerr=errors, capsize=2, label=mode)
         axes.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks, rotation=30, ha="right")
-    axes.set_ylabel("score (0-100)")
-    axes.set_ylim(-2, 102)
-    axes.set_title(title, fontsize=9)
-    axes.legend(fontsize=7, ncol=2)
+        axes.legend(fontsize=7, ncol=2)
+    axes.set_ylabel("score (0-100), bars: standard error; lines nudged apart")
+    axes.set_ylim(-5, 105)
+    figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
