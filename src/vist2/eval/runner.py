@@ -295,7 +295,7 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
                                   alpha=0.85, label=task)
             mean = sorted((r.length, r.score) for r in drawn if r.mode == mode and r.aggregate and r.length)
             if mean:
-                axes.plot(*zip(*mean), "k--", linewidth=2, alpha=0.7, label="mean of tasks")
+                axes.plot(*zip(*mean), "k--", marker="*", markersize=11, linewidth=2, alpha=0.7, label="mean of tasks")
             axes.set_xscale("log", base=2)
             ticks = sorted({r.length for r in drawn if r.length})
             axes.set_xticks(ticks, [str(n) for n in ticks])
