@@ -4,7 +4,7 @@
 
 A finished folder is read from its results.json. A folder whose run was stopped before the end
 (no results.json) is summarized from its predictions.jsonl with the runner's own `summarize`,
-and its cells say "partial" when fewer predictions than --samples were made. A (task, length)
+and its cells say "stopped" when fewer predictions than --samples were made. A (task, length)
 RULER could not generate is read from the folder's ruler-samples cache and shown as "n/a". The
 last line is RULER's mean per length over the complete cells (`runner.aggregates`).
 """
@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from vist2.eval import runner
+from vist2.eval import ruler, runner
 from vist2.eval.sample import Row
 
 
@@ -33,27 +33,31 @@ def rows_of(folder: Path) -> tuple[list[dict], bool]:
 
 
 def main(folders: list[str]) -> None:
-    cells, lengths, tasks, complete = {}, set(), [], []
+    cells, lengths, complete = {}, set(), []
     for name in folders:
         folder = Path(name)
         rows, finished = rows_of(folder)
-        samples = json.loads((folder / "run.json").read_text(encoding="utf-8"))["flags"]["samples"]
+        flags = json.loads((folder / "run.json").read_text(encoding="utf-8"))["flags"]
+        samples = flags["samples"]
+        for task in flags["tasks"].split(","):  # planned cells, shown even before their first sample
+            for length in (int(n) for n in flags["lengths"].split(",")):
+                lengths.add(length)
+                cells.setdefault((task, length), f"stopped before its first sample (0 of {samples})")
         for row in rows:
             if row["mode"] != "text" or row["aggregate"]:
                 continue
             lengths.add(row["length"])
-            if row["task"] not in tasks:
-                tasks.append(row["task"])
             if row["error"]:
                 cells[row["task"], row["length"]] = "n/a: " + row["error"].split(": ", 1)[-1]
             else:
                 se = "" if row["stderr"] is None else f" ± {row['stderr']:.1f}"
-                note = "" if finished or row["n"] >= samples else ", partial"
+                note = "" if finished or row["n"] >= samples else f" of {samples}, stopped"
                 cells[row["task"], row["length"]] = f"{row['score']:.0f}{se} ({row['n']}{note})"
                 if not note:
                     complete.append(Row("ruler", row["task"], row["length"], "text", None, row["score"], row["n"],
                                         stderr=row["stderr"]))
     lengths = sorted(lengths)
+    tasks = [t for t in ruler.TASKS if any((t, n) in cells for n in lengths)]
     print("| task | " + " | ".join(str(n) for n in lengths) + " |")
     print("|---" * (len(lengths) + 1) + "|")
     for task in tasks:
