@@ -13,7 +13,7 @@ from vist2.cli import main
 from vist2.errors import Vist2Error
 from vist2.eval import runner
 from vist2.eval.command import add_common_arguments
-from vist2.eval.sample import EvalSample
+from vist2.eval.sample import EvalSample, Row
 from vist2.presets import preset
 
 
@@ -50,12 +50,18 @@ def test_runner_writes_rows_predictions_and_plot(tmp_path, one_thread, capsys):
     out = tmp_path / "out"
     result = json.loads((out / "results.json").read_text())
     assert set(result) >= {"model", "command", "versions", "rows"} and result["versions"]["torch"]
-    assert len(rows) == len(result["rows"]) == 2 * 2  # (task, length) x mode, text before gcc
+    assert len(rows) == len(result["rows"]) == 2 * 2 + 2  # (task, length) x mode, text before gcc; a mean per mode
     first, second = result["rows"][:2]
     assert (first["task"], first["length"], first["mode"], first["ratio"]) == ("alpha", 16, "text", None)
     K, beta = preset("tiny").chunk.chunk_tokens, preset("tiny").visual_tokens
     assert (second["task"], second["mode"], second["ratio"]) == ("alpha", "gcc", K / beta)
     assert first["n"] == 2 and first["score"] == 50.0  # s0 scores 100, s1 scores 0
+    assert first["stderr"] == pytest.approx(50.0)  # s = sqrt((50^2 + 50^2) / 1) = 70.71, / sqrt(2)
+    assert first["max_new_tokens"] == first["benchmark_max_new_tokens"] == 3  # the sample's budget by default
+    means = [r for r in result["rows"] if r["aggregate"]]
+    assert [(r["task"], r["length"], r["mode"], r["n"]) for r in means] == [("mean", None, "text", 4),
+                                                                          ("mean", None, "gcc", 4)]
+    assert means[0]["score"] == 50.0 and means[0]["stderr"] == pytest.approx(50 * 2**0.5 / 2)
     assert "chars" in first and first["kv_tokens_peak_mean"] > 0 and first["kv_tokens_full_text_mean"] > 0
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 2 * 2
@@ -156,7 +162,7 @@ def test_samples_without_chat_template_get_the_bare_query(tiny, tmp_path, one_th
                             "--max-new-tokens", "3"), benchmark)
     queries = {s.task: s.query for s in plain(types.SimpleNamespace(samples=1), tokenizer)}
     tokens = {t: len(tokenizer.encode(q, add_special_tokens=False)) for t, q in queries.items()}
-    full = {row.task: row.kv_tokens_full_text_mean for row in rows}
+    full = {row.task: row.kv_tokens_full_text_mean for row in rows if row.aggregate is None}
     assert full == {"alpha": tokens["alpha"] + len(user) + len(assistant) + 3, "beta": tokens["beta"] + 3}
 
 
@@ -291,7 +297,52 @@ def test_chunk_tokens_reach_the_engine_and_the_ratio_column(tmp_path, one_thread
     runner.run(_args(tmp_path, "--samples", "1", "--modes", "gcc", "--chunk-tokens", "16"), _fake_benchmark())
     out = tmp_path / "out"
     beta = preset("tiny").visual_tokens  # the preset's K is 64: its ratio would be 64 / beta
-    assert [row["ratio"] for row in json.loads((out / "results.json").read_text())["rows"]] == [16 / beta] * 2
+    rows = [row for row in json.loads((out / "results.json").read_text())["rows"] if not row["aggregate"]]
+    assert [row["ratio"] for row in rows] == [16 / beta] * 2
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     lengths = [n for record in records for n in record["stats"]["chunk_lengths"]]
     assert lengths and set(lengths) == {16}  # the query's compressed chunks were cut at K = 16
+
+
+def _row(task, length, mode, score, stderr, n=4):
+    return Row("x", task, length, mode, None, score, n, stderr=stderr)
+
+
+def test_standard_errors_and_aggregates_by_hand():
+    assert runner.standard_error([100.0, 100.0, 0.0, 0.0]) == pytest.approx(28.8675, abs=1e-4)  # sqrt(10000/3)/2
+    assert runner.standard_error([25.0, 75.0]) == pytest.approx(25.0)  # sqrt(2 * 25^2 / 1) / sqrt(2)
+    assert runner.standard_error([100.0]) is None
+    rows = [_row("a", 1024, "text", 100.0, 0.0), _row("b", 1024, "text", 50.0, 30.0),
+            _row("c", 1024, "text", 20.0, 40.0), _row("a", 2048, "text", 60.0, None),
+            Row("x", "b", 2048, "text", None, None, 0, error="cannot generate")]
+    means = runner.aggregates("x", rows)
+    # per length: 1024 over three tasks (2048 has one scored task: no mean); per mode: every scored row
+    assert [(m.length, m.aggregate, m.n) for m in means] == [(1024, "mean of 3 tasks", 12),
+                                                              (None, "mean of 4 task-length rows", 16)]
+    assert means[0].score == pytest.approx(170 / 3) and means[0].stderr == pytest.approx(50 / 3)  # sqrt(900+1600)/3
+    assert means[1].score == pytest.approx(57.5) and means[1].stderr is None  # one row has no se
+    table = runner.table(rows + means)
+    assert "error: cannot generate" in table and "mean of 3 tasks" in table and "16.7" in table
+
+
+def test_a_sample_the_benchmark_cannot_provide_is_an_error_row_and_the_others_are_scored(tmp_path, one_thread,
+                                                                                         capsys):
+    benchmark = _fake_benchmark()
+    plain = benchmark.load_samples
+
+    def load_samples(args, tokenizer):
+        return plain(args, tokenizer) + [EvalSample(id="gamma-error", task="gamma", query="", references=(),
+                                                    max_new_tokens=3, length=32, extra={"error": "too short"})]
+
+    benchmark.load_samples = load_samples
+    rows = runner.run(_args(tmp_path, "--samples", "2", "--modes", "text", "--max-new-tokens", "2"), benchmark)
+    by_task = {r.task: r for r in rows if r.aggregate is None}
+    assert by_task["gamma"].error == "too short" and by_task["gamma"].score is None and by_task["gamma"].n == 0
+    assert by_task["alpha"].score == 50.0 and by_task["beta"].n == 2
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "error: too short" in printed and "resuming" not in captured.err  # an error row is no prediction
+    assert "answers capped at 2 tokens, the benchmark allows 3" in printed  # --max-new-tokens below the budget
+    records = (tmp_path / "out" / "predictions.jsonl").read_text()
+    assert "gamma" not in records and '"max_new_tokens": 2, "benchmark_max_new_tokens": 3' in records
+    assert (tmp_path / "out" / "results.png").stat().st_size > 0

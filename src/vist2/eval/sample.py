@@ -21,19 +21,24 @@ class EvalSample:
 
 @dataclass
 class Row:
-    """One row of `results.json`: one (task, length, mode). Scores are on a 0-100 scale."""
+    """One row of `results.json`: one (task, length, mode), or an aggregate of such rows (`aggregate`
+    says which), or a (task, length) the benchmark could not provide (`error`, score None).
+    Scores are on a 0-100 scale; `stderr` is the standard error of `score` (None for n < 2)."""
 
     benchmark: str
     task: str
     length: int | None
     mode: str
     ratio: float | None  # K / beta in pcc and gcc, None in text mode
-    score: float
+    score: float | None
     n: int
     kv_tokens_peak_mean: float | None = None
     kv_tokens_full_text_mean: float | None = None
     time_to_first_token_s_mean: float | None = None
     extra: dict = field(default_factory=dict)  # further metrics, e.g. {"rouge_l": ...}
+    stderr: float | None = None
+    error: str | None = None
+    aggregate: str | None = None
 
     def as_dict(self) -> dict:
         row = asdict(self)
