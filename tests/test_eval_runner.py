@@ -11,6 +11,7 @@ import pytest
 
 from vist2.cli import main
 from vist2.errors import Vist2Error
+from vist2.eval import rows as rows_of
 from vist2.eval import runner
 from vist2.eval.command import add_common_arguments
 from vist2.eval.sample import EvalSample, Row
@@ -309,19 +310,19 @@ def _row(task, length, mode, score, stderr, n=4):
 
 
 def test_standard_errors_and_aggregates_by_hand():
-    assert runner.standard_error([100.0, 100.0, 0.0, 0.0]) == pytest.approx(28.8675, abs=1e-4)  # sqrt(10000/3)/2
-    assert runner.standard_error([25.0, 75.0]) == pytest.approx(25.0)  # sqrt(2 * 25^2 / 1) / sqrt(2)
-    assert runner.standard_error([100.0]) is None
+    assert rows_of.standard_error([100.0, 100.0, 0.0, 0.0]) == pytest.approx(28.8675, abs=1e-4)  # sqrt(10000/3)/2
+    assert rows_of.standard_error([25.0, 75.0]) == pytest.approx(25.0)  # sqrt(2 * 25^2 / 1) / sqrt(2)
+    assert rows_of.standard_error([100.0]) is None
     rows = [_row("a", 1024, "text", 100.0, 0.0), _row("b", 1024, "text", 50.0, 30.0),
             _row("c", 1024, "text", 20.0, 40.0), _row("a", 2048, "text", 60.0, None),
             Row("x", "b", 2048, "text", None, None, 0, error="cannot generate")]
-    means = runner.aggregates("x", rows)
+    means = rows_of.aggregates("x", rows)
     # per length: 1024 over three tasks (2048 has one scored task: no mean); per mode: every scored row
     assert [(m.length, m.aggregate, m.n) for m in means] == [(1024, "mean of 3 tasks", 12),
                                                               (None, "mean of 4 task-length rows", 16)]
     assert means[0].score == pytest.approx(170 / 3) and means[0].stderr == pytest.approx(50 / 3)  # sqrt(900+1600)/3
     assert means[1].score == pytest.approx(57.5) and means[1].stderr is None  # one row has no se
-    table = runner.table(rows + means)
+    table = rows_of.table(rows + means)
     assert "error: cannot generate" in table and "mean of 3 tasks" in table and "16.7" in table
 
 

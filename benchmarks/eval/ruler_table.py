@@ -3,17 +3,18 @@
     PYTHONPATH=src python benchmarks/eval/ruler_table.py benchmarks/eval/ruler-smollm2-text-*
 
 A finished folder is read from its results.json. A folder whose run was stopped before the end
-(no results.json) is summarized from its predictions.jsonl with the runner's own `summarize`,
+(no results.json) is summarized from its predictions.jsonl with the eval's own `summarize`,
 and its cells say "stopped" when fewer predictions than --samples were made. A (task, length)
 RULER could not generate is read from the folder's ruler-samples cache and shown as "n/a". The
-last line is RULER's mean per length over the complete cells (`runner.aggregates`).
+last line is RULER's mean per length over the complete cells (`vist2.eval.rows.aggregates`).
 """
 
 import json
 import sys
 from pathlib import Path
 
-from vist2.eval import ruler, runner
+from vist2.eval import rows as eval_rows
+from vist2.eval import ruler
 from vist2.eval.sample import Row
 
 
@@ -29,7 +30,7 @@ def rows_of(folder: Path) -> tuple[list[dict], bool]:
             settings = stored["settings"]
             records.append({"id": "error", "task": settings["task"], "length": settings["length"], "mode": "text",
                             "error": stored["found"]["error"]})
-    return [row.as_dict() for row in runner.summarize("ruler", records, None)], False
+    return [row.as_dict() for row in eval_rows.summarize("ruler", records, None)], False
 
 
 def main(folders: list[str]) -> None:
@@ -62,7 +63,7 @@ def main(folders: list[str]) -> None:
     print("|---" * (len(lengths) + 1) + "|")
     for task in tasks:
         print(f"| {task} | " + " | ".join(cells.get((task, n), "not run") for n in lengths) + " |")
-    means = {row.length: row for row in runner.aggregates("ruler", complete) if row.length is not None}
+    means = {row.length: row for row in eval_rows.aggregates("ruler", complete) if row.length is not None}
     print("| **mean of the complete cells** | " + " | ".join(
         f"{means[n].score:.1f} ± {means[n].stderr:.1f} ({means[n].aggregate})" if n in means else "-"
         for n in lengths) + " |")
