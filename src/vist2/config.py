@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vist2.errors import Vist2Error
-from vist2.render import RenderConfig
+from vist2.render import MAX_PAGE_SIDE, RenderConfig, check_min_font_size
 
 VISION_TYPES = ("siglip_vision_model", "siglip2_vision_model")
 ATTENTION = ("sdpa", "flex_attention", "eager")
@@ -83,13 +83,16 @@ class ChunkConfig:
     bidirectional_visual: bool = False  # attention inside a visual block
 
 
-def check_chunking(chunking: str, min_font_size: int, max_chunk_tokens: int, prefix: str = "") -> None:
-    """The chunking policy's fields (0 = the default for both numbers)."""
+def check_chunking(chunking: str, min_font_size: int, max_chunk_tokens: int, prefix: str = "",
+                   font_sizes: tuple[int, int] = (1, MAX_PAGE_SIDE)) -> None:
+    """The chunking policy's fields (0 = the default for both numbers); min_font_size within the
+    renderer's `font_sizes` (its smallest and largest)."""
     if chunking not in CHUNKING:
         raise Vist2Error(f"{prefix}chunking must be one of {', '.join(CHUNKING)}, got {chunking!r}")
-    for name, value in (("min_font_size", min_font_size), ("max_chunk_tokens", max_chunk_tokens)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise Vist2Error(f"{prefix}{name} must be an integer >= 0 (0 = the default), got {value!r}")
+    check_min_font_size(min_font_size, *font_sizes, name=f"{prefix}min_font_size")
+    value = max_chunk_tokens
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise Vist2Error(f"{prefix}max_chunk_tokens must be an integer >= 0 (0 = the default), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -120,11 +123,8 @@ class Vist2Config:
             raise Vist2Error("SigLIP (v1) needs square pages; use siglip2_vision_model for other shapes")
         if self.chunk.chunk_tokens < 1:
             raise Vist2Error("chunk.chunk_tokens must be >= 1")
-        check_chunking(self.chunk.chunking, self.chunk.min_font_size, self.chunk.max_chunk_tokens, "chunk.")
-        low, high, size = self.render.min_font_size, self.render.max_font_size, self.chunk.min_font_size
-        if size and not low <= size <= high:
-            raise Vist2Error(f"chunk.min_font_size must be in [render.min_font_size, render.max_font_size] = "
-                             f"[{low}, {high}] (or 0), got {size}")
+        check_chunking(self.chunk.chunking, self.chunk.min_font_size, self.chunk.max_chunk_tokens, "chunk.",
+                       (self.render.min_font_size, self.render.max_font_size))
 
     @property
     def visual_tokens(self) -> int:

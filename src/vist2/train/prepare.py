@@ -161,8 +161,6 @@ def prepare(paths: tuple[str, ...], output: Path, tokenizer, tokenizer_name: str
             shard_tokens: int = SHARD_TOKENS, progress: bool = True, command_line: str = "",
             follow_symlinks: bool = False) -> dict:
     """Tokenize `paths` into `output`; returns the manifest."""
-    from tqdm import tqdm
-
     from vist2.train.data import data_files
 
     if not (math.isfinite(batch_mb) and batch_mb > 0):
@@ -184,23 +182,9 @@ def prepare(paths: tuple[str, ...], output: Path, tokenizer, tokenizer_name: str
     marker = temporary / OWNER
     marker.write_text(f"in progress: {command_line}\n", encoding="utf-8")
     writer = _ShardWriter(temporary, dtype, shard_tokens)
-    documents = tokens = 0
     created = [marker]
     try:
-        ends = list(itertools.accumulate(_size(p) for p in files))
-        bar = tqdm(total=ends[-1], unit="B", unit_scale=True, unit_divisor=1000, disable=not progress,
-                   desc="prepare", smoothing=0.1)
-        for batch in _batches(iter_texts(files), int(batch_mb * 1e6)):
-            ids = _ids(backend, tokenizer.eos_token_id, [text for _, text in batch], dtype)
-            writer.write(ids)
-            documents += len(batch)
-            tokens += len(ids)
-            last = batch[-1][0]  # files before it are done; within it, count the text's bytes
-            done = max(bar.n, ends[last - 1] if last else 0) + sum(len(t.encode("utf-8", "surrogatepass"))
-                                                                    for i, t in batch if i == last)
-            bar.update(min(done, ends[last]) - bar.n)
-        bar.update(ends[-1] - bar.n)
-        bar.close()
+        documents, tokens = _tokenize(files, backend, tokenizer.eos_token_id, writer, int(batch_mb * 1e6), progress)
         writer.close()
         if documents == 0:
             raise Vist2Error(f"no documents found in {', '.join(paths)}")
@@ -213,14 +197,7 @@ def prepare(paths: tuple[str, ...], output: Path, tokenizer, tokenizer_name: str
             "sources": [{"path": str(p.resolve()), "bytes": _size(p)} for p in files],
             "command": command_line,
         }
-        partial = temporary / (MANIFEST + ".partial")
-        created.append(partial)
-        with open(partial, "x", encoding="utf-8") as handle:
-            json.dump(manifest, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        created.append(temporary / MANIFEST)
-        os.replace(partial, temporary / MANIFEST)
+        _write_manifest(temporary, manifest, created)
         marker.unlink()
         check_output(output)  # still free: nobody wrote there meanwhile
         os.rename(temporary, output)
@@ -229,3 +206,39 @@ def prepare(paths: tuple[str, ...], output: Path, tokenizer, tokenizer_name: str
         _remove_own(temporary, created + [temporary / s["file"] for s in writer.shards])
         raise
     return manifest
+
+
+def _tokenize(files: list[Path], backend, eos: int, writer: _ShardWriter, batch_bytes: int,
+              progress: bool) -> tuple[int, int]:
+    """Every document of `files`, tokenized into the writer's shards: (documents, tokens)."""
+    from tqdm import tqdm
+
+    documents = tokens = 0
+    ends = list(itertools.accumulate(_size(p) for p in files))
+    bar = tqdm(total=ends[-1], unit="B", unit_scale=True, unit_divisor=1000, disable=not progress,
+               desc="prepare", smoothing=0.1)
+    for batch in _batches(iter_texts(files), batch_bytes):
+        ids = _ids(backend, eos, [text for _, text in batch], writer.dtype)
+        writer.write(ids)
+        documents += len(batch)
+        tokens += len(ids)
+        last = batch[-1][0]  # files before it are done; within it, count the text's bytes
+        done = max(bar.n, ends[last - 1] if last else 0) + sum(len(t.encode("utf-8", "surrogatepass"))
+                                                                for i, t in batch if i == last)
+        bar.update(min(done, ends[last]) - bar.n)
+    bar.update(ends[-1] - bar.n)
+    bar.close()
+    return documents, tokens
+
+
+def _write_manifest(temporary: Path, manifest: dict, created: list[Path]) -> None:
+    """MANIFEST in `temporary`, written whole (a .partial file, synced, then renamed); each file
+    is added to `created` before it exists."""
+    partial = temporary / (MANIFEST + ".partial")
+    created.append(partial)
+    with open(partial, "x", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    created.append(temporary / MANIFEST)
+    os.replace(partial, temporary / MANIFEST)
