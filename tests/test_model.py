@@ -10,7 +10,7 @@ from PIL import Image
 from vist2 import layout as L
 from vist2 import stages
 from vist2.errors import Vist2Error
-from vist2.model import Vist2Model
+from vist2.model import Vist2Model, build_model
 from vist2.presets import preset, tiny
 from vist2.render import Renderer
 from vist2.tokenizer import load_tokenizer
@@ -198,3 +198,23 @@ def test_smollm2_preset_wraps_the_real_pretrained_llm():
         answer = model.llm.generate(ids, max_new_tokens=8, do_sample=False)
     assert "Paris" in tokenizer.decode(answer[0, ids.shape[1]:])
     assert 134e6 < model.num_parameters()["llm"] < 136e6
+
+
+def test_build_model_seeded_fresh_or_from_a_folder(tmp_path):
+    from vist2.tokenizer import byte_tokenizer
+
+    def weights(model):
+        return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+    first = build_model(config=tiny(), seed=5)
+    assert not first.training
+    same, other = weights(build_model(config=tiny(), seed=5)), weights(build_model(config=tiny(), seed=6))
+    assert all(torch.equal(same[n], t) for n, t in first.state_dict().items())
+    assert not all(torch.equal(other[n], t) for n, t in first.state_dict().items())
+    first.save_pretrained(tmp_path / "m", byte_tokenizer())
+    loaded = build_model(tmp_path / "m", changes={"chunk.chunk_tokens": 16})
+    assert loaded.config.chunk.chunk_tokens == 16
+    assert all(torch.equal(same[n], t) for n, t in loaded.state_dict().items())
+    for both_or_neither in ({"folder": tmp_path / "m", "config": tiny()}, {}):
+        with pytest.raises(Vist2Error, match="exactly one of a model folder or a config"):
+            build_model(**both_or_neither)

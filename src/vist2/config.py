@@ -41,7 +41,7 @@ class VisionConfig:
 
     model_type: str = "siglip2_vision_model"
     params: dict[str, Any] = field(default_factory=dict)  # kwargs of the HF config class
-    path: str | None = None  # local folder with pretrained weights, loaded by `build_model`
+    path: str | None = None  # local folder with pretrained weights, loaded by `model.build_llm`
 
     @property
     def patch_size(self) -> int:

@@ -30,7 +30,7 @@ def load_model(model_dir: str | None = None, preset_name: str | None = None, see
                device: str = "cpu", dtype: str = "float32", changes: dict | None = None):
     """(model, tokenizer) from a checkpoint folder, or a preset with random weights (seeded),
     in `dtype` (float32, bfloat16 or float16), its config built with `changes` (`Vist2Config.replace`)."""
-    from vist2.model import Vist2Model, read_checkpoint_config
+    from vist2.model import build_model, read_checkpoint_config
     from vist2.presets import preset
     from vist2.tokenizer import load_tokenizer
 
@@ -43,12 +43,11 @@ def load_model(model_dir: str | None = None, preset_name: str | None = None, see
             print(f"note: {model_dir} uses {config.attn_implementation}; generation runs it with sdpa",
                   file=sys.stderr)
             changes["attn_implementation"] = "sdpa"
-        model = Vist2Model.from_pretrained(model_dir, device=device, changes=changes)
+        model = build_model(model_dir, device=device, changes=changes)
     else:
         config = preset(preset_name).replace(**changes or {})
         check_memory(config, preset_name, device)
-        torch.manual_seed(seed)
-        model = Vist2Model(config).to(device).eval()
+        model = build_model(config=config, seed=seed, device=device)
     return model.to(getattr(torch, dtype)), load_tokenizer(model.config.tokenizer)
 
 

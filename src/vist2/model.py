@@ -179,6 +179,18 @@ class Vist2Model(nn.Module):
         return model.to(device).eval()
 
 
+def build_model(folder: str | Path | None = None, config: Vist2Config | None = None, seed: int = 0,
+                device: str | torch.device = "cpu", changes: dict | None = None) -> Vist2Model:
+    """The one way to get a model (generation and training): a checkpoint folder's (its config with
+    `changes`), or a fresh one of `config` with random weights drawn from `seed`; in eval mode."""
+    if (folder is None) == (config is None):
+        raise Vist2Error("give exactly one of a model folder or a config")
+    if folder is not None:
+        return Vist2Model.from_pretrained(folder, device=device, changes=changes)
+    torch.manual_seed(seed)
+    return Vist2Model(config.replace(**changes or {})).to(device).eval()
+
+
 def _check_weight_shapes(config: Vist2Config, weights: Path) -> None:
     """The weights file's tensors have the shapes `config` describes (read from its header only)."""
     from safetensors import safe_open

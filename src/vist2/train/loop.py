@@ -25,7 +25,7 @@ import torch
 from vist2 import stages
 from vist2.config import Vist2Config
 from vist2.errors import Vist2Error
-from vist2.model import Vist2Model, read_checkpoint_config
+from vist2.model import Vist2Model, build_model, read_checkpoint_config
 from vist2.options import chunk_options
 from vist2.presets import preset
 from vist2.render import Renderer
@@ -67,7 +67,7 @@ def _usable_checkpoint(config: TrainConfig) -> tuple[Path, Vist2Model] | None:
         try:
             progress = ckpt.read_progress(checkpoint)
             ckpt.check_state(checkpoint, bool(progress.get("fsdp", False)))
-            model = Vist2Model.from_pretrained(checkpoint / "model")
+            model = build_model(checkpoint / "model")
         except (Vist2Error, OSError, ValueError, KeyError) as error:
             print(f"warning: checkpoint {checkpoint} is damaged ({error}); trying the one before", file=sys.stderr)
             continue
@@ -113,10 +113,10 @@ def _load_model(config: TrainConfig, model_config: Vist2Config | None) -> tuple[
         print(f"--resume: no checkpoint in {ckpt.checkpoints_dir(config.output)}; starting from the beginning",
               file=sys.stderr)
     if config.init:
-        return Vist2Model.from_pretrained(config.init).train(), None, None
+        return build_model(config.init).train(), None, None
     if not config.preset and model_config is None:
         raise Vist2Error("nothing to start from: give --preset NAME or --init CHECKPOINT")
-    return Vist2Model(model_config or preset(config.preset)).train(), None, None
+    return build_model(config=model_config or preset(config.preset), seed=config.seed).train(), None, None
 
 
 def freeze(model: Vist2Model, parts: tuple[str, ...]) -> list[torch.nn.Parameter]:
