@@ -72,6 +72,12 @@ def length(layout: Layout) -> int:
     return sum(segment.length for segment in layout)
 
 
+def span(text: int, blocks: int, beta: int) -> int:
+    """Positions (and cache entries) of `text` persistent text tokens and `blocks` visual blocks of
+    beta tokens: the one count behind prompts, responses, training lengths and the engine's bounds."""
+    return text + blocks * beta
+
+
 def position_ids(layout: Layout) -> torch.Tensor:
     """(T,) positions: every segment starts at the base; only persistent ones advance it."""
     positions, base = [], 0
