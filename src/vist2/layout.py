@@ -73,8 +73,8 @@ def length(layout: Layout) -> int:
 
 
 def span(text: int, blocks: int, beta: int) -> int:
-    """Positions (and cache entries) of `text` persistent text tokens and `blocks` visual blocks of
-    beta tokens: the one count behind prompts, responses, training lengths and the engine's bounds."""
+    """Length of `text` text tokens and `blocks` visual blocks of beta tokens each: the positions of
+    a prompt or response, the cache entries of a row, the length of a training sample."""
     return text + blocks * beta
 
 
