@@ -220,7 +220,7 @@ class Request:
         stats.pages_refit += self.prompt.pages_refit
         stats.chunks_split += self.prompt.chunks_split
         stats.chunk_lengths[:0] = self.prompt.chunk_lengths
-        visual = max(1, len(self.prompt.pages) + self._pages) * self.options.beta
+        visual = span(0, max(1, len(self.prompt.pages) + self._pages), self.options.beta)
         if stats.chunk_lengths:
             stats.chars_per_visual_token = (self.prompt.chunk_chars + self._chars) / visual
             stats.tokens_per_visual_token = sum(stats.chunk_lengths) / visual
