@@ -34,9 +34,9 @@ import torch
 from vist2.chunking import full_chunks
 from vist2.config import ChunkConfig, LLMConfig, VisionConfig, Vist2Config
 from vist2.errors import Vist2Error
-from vist2.layout import span
 from vist2.eval import ocr as ocr_eval
 from vist2.eval import reading
+from vist2.layout import span
 from vist2.model import Vist2Model
 from vist2.render import RenderConfig, Renderer
 from vist2.train.config import TrainConfig
