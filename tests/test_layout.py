@@ -163,3 +163,16 @@ def test_layout_command_olm_shape(capsys):
 def test_layout_command_rejects_bad_numbers(capsys):
     assert main(["layout", "-K", "0"]) == 2
     assert "--chunk-tokens must be in [1, 4096], got 0" in capsys.readouterr().err
+
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 30), st.integers(0, 6), st.integers(1, 8), st.integers(1, 5))
+def test_span_counts_the_positions_of_persistent_text_and_visual_blocks(text, blocks, beta, transient):
+    """`blocks` blocks of beta, `text` persistent tokens, then a transient chunk (which advances
+    nothing): the chunk starts at position `span`."""
+    layout = tuple(L.visual(beta, i) for i in range(blocks)) + (L.text(text),)
+    assert int(L.position_ids(layout)[-1]) + 1 == L.span(text, blocks, beta)
+    layout += (L.text(transient, chunk=blocks, persistent=False),)
+    start = L.span(text, blocks, beta)
+    assert L.position_ids(layout)[-transient:].tolist() == list(range(start, start + transient))

@@ -72,6 +72,12 @@ def length(layout: Layout) -> int:
     return sum(segment.length for segment in layout)
 
 
+def span(text: int, blocks: int, beta: int) -> int:
+    """Length of `text` text tokens and `blocks` visual blocks of beta tokens each: the positions of
+    a prompt or response, the cache entries of a row, the length of a training sample."""
+    return text + blocks * beta
+
+
 def position_ids(layout: Layout) -> torch.Tensor:
     """(T,) positions: every segment starts at the base; only persistent ones advance it."""
     positions, base = [], 0

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from vist2.chunking import Fill, chunk_texts, split_chunks, split_compressed
 from vist2.errors import Vist2Error
+from vist2.layout import span
 
 Fits = Callable[[str], bool] | None  # None: every page fits (no renderer at hand)
 
@@ -106,7 +107,7 @@ def build_prompt(tokenizer, query_ids: list[int], mode: str, chunk_tokens: int, 
     pages = [page for chunk in per_chunk for page in chunk]
     segments = (("text", user), ("pages", pages), ("text", tail + assistant))
     segments = tuple(s for s in segments if s[1])
-    positions = len(user) + len(pages) * beta + len(tail) + len(assistant)
+    positions = span(len(user) + len(tail) + len(assistant), len(pages), beta)
     return Prompt(segments, positions, len(full), full, *changes(texts, per_chunk),
                   tuple(map(len, chunks)), sum(map(len, texts)))
 
@@ -116,4 +117,4 @@ def response_positions(response_tokens: int, chunk_tokens: int, beta: int, ids: 
     """Positions an interleaved response takes when every chunk but the last fits one page
     (fill: the chunks of `ids`, the response's tokens)."""
     chunks = len(split_chunks(ids, chunk_tokens, fill)) if fill is not None else -(-response_tokens // chunk_tokens)
-    return response_tokens + max(chunks - 1, 0) * beta
+    return span(response_tokens, max(chunks - 1, 0), beta)

@@ -36,6 +36,7 @@ from vist2.config import ChunkConfig, LLMConfig, VisionConfig, Vist2Config
 from vist2.errors import Vist2Error
 from vist2.eval import ocr as ocr_eval
 from vist2.eval import reading
+from vist2.layout import span
 from vist2.model import Vist2Model
 from vist2.render import RenderConfig, Renderer
 from vist2.train.config import TrainConfig
@@ -187,8 +188,8 @@ def read_back(model, tokenizer, text: str, renderer) -> dict:
     edits = sum(reading.levenshtein(got, page) for got, page in zip(readings, pages))
     characters = sum(map(len, pages))
     return {"pages": pages, "read": readings, "visual_tokens": beta,
-            "kv_compressed": len(pages) * beta, "kv_full_text": len(ids[: len(chunks) * K]),
-            "kv_reading_peak": beta + K - 1, "characters": characters, "characters_wrong": edits,
+            "kv_compressed": span(0, len(pages), beta), "kv_full_text": len(ids[: len(chunks) * K]),
+            "kv_reading_peak": span(K - 1, 1, beta), "characters": characters, "characters_wrong": edits,
             "character_accuracy": max(0.0, 1 - edits / characters)}
 
 
@@ -260,12 +261,12 @@ def _train_stages(output: Path, config, texts: tuple, steps: int, minutes: float
     beta, K = config.visual_tokens, config.chunk.chunk_tokens
     # Reading is learnt on random characters (no language-model shortcut) and short pages of
     # one line: a random model on 64-character pages sits on the unigram loss for minutes.
-    ocr_length = PAGES_PER_SAMPLE * (K + beta)
+    ocr_length = span(PAGES_PER_SAMPLE * K, PAGES_PER_SAMPLE, beta)
     plans = {
         "read": dict(stage="ocr", max_length=ocr_length, schedule="constant", data="random"),
         "ocr": dict(stage="ocr", max_length=ocr_length, data="essays"),
         # Half the OLM samples are OCR again: OLM alone teaches this small LLM not to copy pages.
-        "olm": dict(stage="olm", max_length=8 * K + 7 * beta, train_parts=("llm",), ocr_replay=0.5,
+        "olm": dict(stage="olm", max_length=span(8 * K, 7, beta), train_parts=("llm",), ocr_replay=0.5,
                     data="essays_and_docs"),
     }
     losses: dict[str, list[float]] = {}

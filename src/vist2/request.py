@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from vist2.errors import ContextLengthError
+from vist2.layout import span
 from vist2.options import ChunkOptions, GenerationConfig
 from vist2.prompt import Prompt, changes, chunk_pages
 from vist2.sampling import plain_greedy
@@ -137,7 +138,7 @@ class Request:
         fill = self.chunker.fill
         K = fill.max_tokens if fill is not None else self.options.chunk_tokens
         beta, n, mode = self.options.beta, self.steps, self.config.mode
-        response = (n // K) * beta + min(n, K) if mode == "gcc" else n
+        response = span(min(n, K), n // K, beta) if mode == "gcc" else n
         if self.prompt.positions + response > limit:
             raise ContextLengthError(
                 f"the {mode} prompt needs {self.prompt.positions} positions and {n} new tokens up to "
@@ -157,7 +158,7 @@ class Request:
         if self.config.mode != "gcc" or chunks < 2:
             return P + max(n - 1, 0)
         fed = chunk if self.options.visual_sees_text else chunk - 1
-        return P + (chunks - 1) * self.options.beta + fed
+        return P + span(fed, chunks - 1, self.options.beta)
 
     def accept(self, token: int, tokenizer) -> list[int]:
         """Take the chosen token; returns the ids it adds to the output (none for a stop token)."""
@@ -219,7 +220,7 @@ class Request:
         stats.pages_refit += self.prompt.pages_refit
         stats.chunks_split += self.prompt.chunks_split
         stats.chunk_lengths[:0] = self.prompt.chunk_lengths
-        visual = max(1, len(self.prompt.pages) + self._pages) * self.options.beta
+        visual = span(0, max(1, len(self.prompt.pages) + self._pages), self.options.beta)
         if stats.chunk_lengths:
             stats.chars_per_visual_token = (self.prompt.chunk_chars + self._chars) / visual
             stats.tokens_per_visual_token = sum(stats.chunk_lengths) / visual

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from vist2.bench.flops import LLMShape, count_llm_step, count_page
 from vist2.chunking import split_chunks, split_compressed
 from vist2.decode import PAGE_BATCH, PREFILL_TOKENS
+from vist2.layout import span
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def forward_steps(mode: str, prompt: PromptShape, response: int, chunk_tokens: i
         query_chunks = (len(chunks), len(tail))
     pages, tail = query_chunks
     whole = (prompt.user + prompt.query + prompt.assistant if mode == "text"
-             else prompt.user + pages * beta + tail + prompt.assistant)
+             else span(prompt.user + tail + prompt.assistant, pages, beta))
     if whole <= PREFILL_TOKENS:
         pages = 0 if mode == "text" else pages
         steps.append(Step("prompt", whole, 0, pages=pages, block=beta if pages else 1))

@@ -95,7 +95,7 @@ def ocr_transcribe(model, pages: torch.Tensor, tokens: int, batch_size: int = 64
             if step == tokens - 1:
                 break
             embeds = model.llm.get_input_embeddings()(token[:, None])
-            position = torch.full((n, 1), beta + step, device=device)
+            position = torch.full((n, 1), L.span(step, 1, beta), device=device)  # after the page and `step` tokens
             out = model.llm(inputs_embeds=embeds, position_ids=position, use_cache=True, **{keyword: cache})
         results += torch.stack(generated, 1).tolist()
     return results

@@ -30,6 +30,7 @@ from vist2 import jsonl_files, stages
 from vist2.chunking import split_chunks
 from vist2.data_folder import files_under, inside, regular_file
 from vist2.errors import Vist2Error
+from vist2.layout import span
 from vist2.prompt import Prompt, build_prompt, chat_parts, response_positions
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -147,9 +148,9 @@ class TextStageDataset(torch.utils.data.Dataset):
         self.stage, self.tokenizer, self.chunk, self.beta, self.sees_text = stage, tokenizer, chunk_tokens, beta, sees_text
         self.ocr_replay, self.fill, self.max_length = ocr_replay, fill, max_length
         self.stream = token_stream(tokenizer, texts) if stream is None else stream  # stream: a prepared corpus
-        self.max_images = max(1, max_length // (chunk_tokens + beta))  # OCR: (v_i, c_i) pairs of K that fit
+        self.max_images = max(1, max_length // span(chunk_tokens, 1, beta))  # OCR: (v_i, c_i) pairs of K that fit
         if stage == "olm":
-            chunks = max(1, (max_length + beta) // (chunk_tokens + beta))  # n text chunks + n-1 visual blocks
+            chunks = max(1, (max_length + beta) // span(chunk_tokens, 1, beta))  # n text chunks + n-1 visual blocks
             self.window = chunks * chunk_tokens
         else:
             self.window = chunk_tokens
@@ -185,7 +186,7 @@ class TextStageDataset(torch.utils.data.Dataset):
         chunks, length = split_chunks(ids, self.chunk, fill), 0
         kept: list[int] = []
         for number, chunk in enumerate(chunks[:count]):
-            length += len(chunk) + self.beta * (number > 0 if olm else 1)  # OLM: no block after the last
+            length += span(len(chunk), int(number > 0 if olm else 1), self.beta)  # OLM: no block after the last
             if kept and length > self.max_length:
                 break
             kept += chunk
