@@ -23,6 +23,8 @@ import time
 
 import httpx
 
+from vist2.serve.health import wait_healthy
+
 PROMPT = ("The lighthouse keeper wrote in his log every evening: the weather, the ships that passed, "
           "the birds on the rocks and the state of the lamp. Continue his log for the next days. ")
 
@@ -118,14 +120,7 @@ def main() -> None:
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            if server.poll() is not None:
-                raise SystemExit(f"the server stopped: {server.stderr.read().decode()}")
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        wait_healthy(base, 300, server)
         runs = []
         for mode in args.modes.split(","):
             asyncio.run(run_load(base, args.preset, mode, 1, 1, 8))  # warm-up

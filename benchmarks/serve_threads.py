@@ -27,6 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_load import free_port, one_request  # noqa: E402
+from vist2.serve.health import wait_healthy  # noqa: E402
 
 # The server started with torch's interop pool set to one thread before anything runs.
 INTEROP_ONE = ("import sys, torch; torch.set_num_interop_threads(1); from vist2.cli import main; "
@@ -55,19 +56,6 @@ def start(prefix: list[str], flags: list[str], preset: str, tokens: int, dtype: 
     command = [sys.executable, *prefix, "serve", "--preset", preset, "--port", str(port), "--mode", "gcc",
                "--dtype", dtype, "--max-tokens", str(tokens), "--default-max-tokens", str(tokens), *flags]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), f"http://127.0.0.1:{port}"
-
-
-def wait_healthy(server: subprocess.Popen, base: str) -> None:
-    for _ in range(1200):
-        if server.poll() is not None:
-            raise SystemExit(f"a server stopped: {server.stderr.read().decode()}")
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{base} did not start")
 
 
 async def trial(base: str, preset: str, clients: int, tokens: int) -> list[dict]:
@@ -111,7 +99,7 @@ def main() -> None:
     trials: dict[str, dict[int, list[dict]]] = {name: {} for name in servers}
     try:
         for server, base in servers.values():
-            wait_healthy(server, base)
+            wait_healthy(base, 600, server)
             asyncio.run(trial(base, args.preset, 1, 8))  # warm-up
         for clients in map(int, args.clients.split(",")):
             for repeat in range(args.repeats):

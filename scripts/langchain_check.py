@@ -16,11 +16,12 @@ import subprocess
 import sys
 import time
 
-import httpx
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
+
+from vist2.serve.health import wait_healthy
 
 parser = argparse.ArgumentParser(description="LangChain's structured output and tools against vist2 serve")
 parser.add_argument("--preset", default="tiny")
@@ -57,12 +58,7 @@ def main() -> int:
                                "--mode", args.mode, "--threads", "1"], stdout=subprocess.DEVNULL)
     failures = 0
     try:
-        for _ in range(480):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        wait_healthy(f"http://127.0.0.1:{port}", 240, server)
         llm = ChatOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", model=args.preset,
                          max_tokens=args.max_tokens, temperature=0, max_retries=0)
         print(f"vist2 serve --preset {args.preset} --mode {args.mode}; langchain-openai, greedy, "

@@ -12,13 +12,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 
-import httpx
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from vist2.serve.health import wait_healthy
 
 parser = argparse.ArgumentParser(description="screenshot of the serve page after one gcc answer")
 parser.add_argument("png", help="where to save the screenshot")
@@ -34,12 +34,7 @@ with socket.socket() as probe:
 server = subprocess.Popen([sys.executable, "-m", "vist2", "serve", "--preset", args.preset, "--dtype", "bfloat16",
                            "--port", str(port), "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 try:
-    for _ in range(240):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
+    wait_healthy(f"http://127.0.0.1:{port}", 120, server)
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={args.window}"):

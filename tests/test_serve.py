@@ -19,6 +19,7 @@ import time
 import pytest
 import torch
 from conftest import require_extra
+from vist2.serve.health import wait_healthy
 
 require_extra("fastapi")
 uvicorn = require_extra("uvicorn")
@@ -30,18 +31,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_healthy(base: str, seconds: float = 60) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("the server did not come up")
 
 
 def start_server(access=None, read_timeout: float = 2.0, **limits):
