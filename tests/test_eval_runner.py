@@ -246,6 +246,15 @@ def test_a_second_eval_is_refused_before_it_reads_or_writes_the_folder(tmp_path,
     assert {name: (out / name).read_bytes() for name in runner.run_folder.OUTPUTS} == first
 
 
+def _two_gsm8k_problems(tmp_path, modes: str):
+    """A two-problem GSM8K file, the run folder and the eval command line (2-token answers)."""
+    data = tmp_path / "gsm.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(2)))
+    out = tmp_path / "o"
+    return data, out, ["eval", "gsm8k", "--preset", "tiny", "--data", str(data), "--out", str(out), "--modes", modes,
+                       "--max-new-tokens", "2", "--no-progress-bar"]
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda r: r.pop("scores"), "field 'scores' is missing or not a dict"),
     (lambda r: r["scores"].update(score="high"), "field 'scores' must hold 'score' and only finite numbers"),
@@ -256,11 +265,7 @@ def test_a_second_eval_is_refused_before_it_reads_or_writes_the_folder(tmp_path,
 ])
 def test_a_damaged_record_to_resume_is_refused_before_loading(tmp_path, one_thread, capsys, monkeypatch, change,
                                                                 message):
-    data = tmp_path / "gsm.jsonl"
-    data.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(2)))
-    out = tmp_path / "o"
-    argv = ["eval", "gsm8k", "--preset", "tiny", "--data", str(data), "--out", str(out), "--modes", "text",
-            "--max-new-tokens", "2", "--no-progress-bar"]
+    data, out, argv = _two_gsm8k_problems(tmp_path, "text")
     assert main(argv) == 0
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     change(records[1])
@@ -275,11 +280,7 @@ def test_a_damaged_record_to_resume_is_refused_before_loading(tmp_path, one_thre
 def test_prompts_and_data_files_are_recorded_by_sha256(tmp_path, one_thread, capsys):
     import hashlib
 
-    data = tmp_path / "gsm.jsonl"
-    data.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(2)))
-    out = tmp_path / "o"
-    argv = ["eval", "gsm8k", "--preset", "tiny", "--data", str(data), "--out", str(out), "--modes", "text,gcc",
-            "--max-new-tokens", "2", "--no-progress-bar"]
+    data, out, argv = _two_gsm8k_problems(tmp_path, "text,gcc")
     assert main(argv) == 0
     settings = json.loads((out / "run.json").read_text())
     assert settings["data"] == {str(data): hashlib.sha256(data.read_bytes()).hexdigest()}
