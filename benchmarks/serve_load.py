@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,16 +22,10 @@ import time
 
 import httpx
 
-from vist2.serve.health import wait_healthy
+from vist2.serve.health import free_port, wait_healthy
 
 PROMPT = ("The lighthouse keeper wrote in his log every evening: the weather, the ships that passed, "
           "the birds on the rocks and the state of the lamp. Continue his log for the next days. ")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def percentile(values: list[float], share: float) -> float:

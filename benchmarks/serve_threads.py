@@ -26,8 +26,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_load import free_port, one_request  # noqa: E402
-from vist2.serve.health import wait_healthy  # noqa: E402
+from serve_load import one_request  # noqa: E402
+from vist2.serve.health import free_port, wait_healthy  # noqa: E402
 
 # The server started with torch's interop pool set to one thread before anything runs.
 INTEROP_ONE = ("import sys, torch; torch.set_num_interop_threads(1); from vist2.cli import main; "

@@ -11,7 +11,6 @@ packages), so this script is run by hand and its output kept in docs/langchain_c
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
-from vist2.serve.health import wait_healthy
+from vist2.serve.health import free_port, wait_healthy
 
 parser = argparse.ArgumentParser(description="LangChain's structured output and tools against vist2 serve")
 parser.add_argument("--preset", default="tiny")
@@ -51,9 +50,7 @@ def get_time(zone: str) -> str:
 
 
 def main() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "vist2", "serve", "--preset", args.preset, "--port", str(port),
                                "--mode", args.mode, "--threads", "1"], stdout=subprocess.DEVNULL)
     failures = 0

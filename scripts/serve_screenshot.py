@@ -9,7 +9,6 @@ chromedriver, and the `browser` extra). The screenshots in docs/:
 
 import argparse
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from vist2.serve.health import wait_healthy
+from vist2.serve.health import free_port, wait_healthy
 
 parser = argparse.ArgumentParser(description="screenshot of the serve page after one gcc answer")
 parser.add_argument("png", help="where to save the screenshot")
@@ -28,9 +27,7 @@ parser.add_argument("--ignore-eos", action="store_true", help="tick the page's '
 parser.add_argument("--window", default="1100,1000", help="browser window WIDTH,HEIGHT in pixels")
 parser.add_argument("--prompt", default="Write a short story about a lighthouse keeper who finds a message in a bottle.")
 args = parser.parse_args()
-with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
+port = free_port()
 server = subprocess.Popen([sys.executable, "-m", "vist2", "serve", "--preset", args.preset, "--dtype", "bfloat16",
                            "--port", str(port), "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 try:

@@ -2,11 +2,11 @@
 validated once by `add_chunk_flags`, and `chunk_options_from` turns them into a `ChunkOptions`."""
 
 import argparse
-import socket
 
 import pytest
 import torch
 
+from conftest import require_extra
 from vist2.cli import main
 from vist2.flags import add_chunk_flags, chunk_options_from
 from vist2.model import Vist2Model
@@ -87,11 +87,12 @@ def test_chunk_tokens_reach_generate_its_engine_and_its_json(monkeypatch, capsys
 
 
 def test_chunk_tokens_reach_serve_its_engine_and_a_requests_usage(monkeypatch, one_thread):
-    pytest.importorskip("uvicorn")
+    require_extra("uvicorn")
     from starlette.testclient import TestClient
 
     import vist2.engine
     import vist2.serve.command
+    from vist2.serve.health import free_port
 
     (built, requests), answers = engines(monkeypatch, vist2.engine), []
 
@@ -109,9 +110,7 @@ def test_chunk_tokens_reach_serve_its_engine_and_a_requests_usage(monkeypatch, o
                     "model": "tiny", "messages": [{"role": "user", "content": QUERY}], "max_tokens": 2}).json())
 
     monkeypatch.setattr(vist2.serve.command, "_server_class", lambda: Served)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     assert main(["serve", "--preset", "tiny", "--host", "127.0.0.1", "--port", str(port), "--mode", "gcc",
                  "--threads", "1", "--chunk-tokens", "16"]) == 0
     [engine] = built

@@ -19,18 +19,12 @@ import time
 import pytest
 import torch
 from conftest import require_extra
-from vist2.serve.health import wait_healthy
+from vist2.serve.health import free_port, wait_healthy
 
 require_extra("fastapi")
 uvicorn = require_extra("uvicorn")
 openai = require_extra("openai")
 httpx = require_extra("httpx")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(access=None, read_timeout: float = 2.0, **limits):

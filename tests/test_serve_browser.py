@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 def start_server(chunk_tokens: int | None = None):
     """A tiny-model server in a thread: (its URL, a function that stops it)."""
-    from test_serve import free_port, wait_healthy
+    from vist2.serve.health import free_port, wait_healthy
     from vist2.engine import Engine
     from vist2.generate import load_model
     from vist2.options import chunk_options

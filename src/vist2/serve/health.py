@@ -1,9 +1,18 @@
-"""Wait until a vist2 server answers /health: for tests, benchmarks and scripts that start one."""
+"""For tests, benchmarks and scripts that start a vist2 server: a free loopback port, and a wait
+until the server answers /health."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def wait_healthy(base: str, seconds: float = 60, server: subprocess.Popen | None = None) -> None:
