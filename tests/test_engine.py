@@ -179,14 +179,15 @@ def test_chunked_prefill_equals_whole_prefill(tiny):
 
 
 def test_a_long_prompt_joins_without_stalling_running_rows(tiny):
-    """With a prefill budget a running row gets a token every step while a long prompt goes in;
-    a request cancelled between pieces of its prompt leaves at the next step."""
+    """With a prefill budget a running row gets a token every step while a long prompt goes in,
+    its pieces in the same forward as the decode tokens; a request cancelled between pieces of its prompt leaves at the next step."""
     from vist2.request import Status
 
     model, tokenizer = tiny
     engine = Engine(model, tokenizer, prefill_tokens=32)
     running = engine.add(SHORT, greedy("text", 300))
-    engine.step()
+    while not running.output:  # its prompt goes in with the step's decode tokens: a token the step after
+        engine.step()
     joining = engine.add(LONG * 8, greedy("text", 5))
     steps = 0
     while joining.status is not Status.RUNNING:

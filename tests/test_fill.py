@@ -199,9 +199,9 @@ def test_a_fill_row_finishes_at_the_position_limit_never_beyond(tiny, monkeypatc
     seen = []
     forward = decode.forward
 
-    def recording(model, kv, slots, embeds, positions, *args, **kwargs):
-        seen.append(int(positions.max()))
-        return forward(model, kv, slots, embeds, positions, *args, **kwargs)
+    def recording(model, kv, feeds):
+        seen.append(max(int(feed.positions.max()) for feed in feeds))
+        return forward(model, kv, feeds)
 
     monkeypatch.setattr(decode, "forward", recording)
     engine = Engine(limited, tokenizer, options=fill_options(limited, size=20))

@@ -48,9 +48,9 @@ def test_gcc_slot_holds_persistent_entries_plus_the_current_chunk(tiny):
 def test_store_writes_the_visual_block_over_the_chunk_and_frees_finished_slots():
     store = KVStore(load_model(preset_name="tiny")[0].llm.config, torch.device("cpu"), torch.float32)
     first, second = store.add_slots([10, 10])
-    store.begin([first, second], 10)
-    for layer in range(store.keys.shape[0]):
-        store.update(torch.randn(2, 2, 10, 16), torch.randn(2, 2, 10, 16), layer)
+    store.begin([first, second], [10, 10])
+    for layer in range(store.keys.shape[0]):  # one packed row: 10 new entries of each slot
+        store.update(torch.randn(1, 2, 20, 16), torch.randn(1, 2, 20, 16), layer)
     storage, expected = store.keys.data_ptr(), store.keys[:, first, :, 7:10].clone()
     store.move(first, 7, 2, 3)  # a 3-entry block written after a 5-entry chunk at 2..7
     assert store.lengths == [5, 10] and store.keys.data_ptr() == storage  # no reallocation
@@ -78,7 +78,7 @@ def test_store_copies_are_linear_in_the_answer_length(tiny):
         store = KVStore(model.llm.config, torch.device("cpu"), torch.float32)
         store.add_slots([1])
         for _ in range(n):
-            store.begin([0], 1)
+            store.begin([0], [1])
         assert store.bytes_copied <= 2 * n * entry and store.reallocations <= 2 + n.bit_length()
 
 

@@ -1,23 +1,27 @@
-"""The forwards of generation, as small free functions over a `KVStore` (DESIGN 3 and 5):
-prefill prompts (whole, or a piece at a time), decode one token for many slots, compress
-finished chunks.
+"""The forwards of generation, as small free functions over a `KVStore` (DESIGN 3 and 5).
 
-Positions follow the layout: a transient chunk and its visual block share a base position,
-so incremental decoding equals the teacher-forced forward of the same layout (`vist2 verify`).
-Every forward gets an explicit (B, 1, q, L) bool mask; the backbone must use SDPA.
+Every forward is `forward(model, kv, feeds)`: each `Feed` is the new tokens of one slot (a
+whole short prompt, a piece of a long one, one decode token, a gcc visual block), all packed in
+one row so the weights are read once (`attention.py`); a feed sees its slot's entries and
+itself as an explicit bool mask says. Positions follow the layout: a transient chunk and its
+visual block share a base position, so incremental decoding equals the teacher-forced forward
+of the same layout (`vist2 verify`).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass
 
 import torch
 
+from vist2 import attention
+from vist2.attention import Group
 from vist2.kvstore import KVStore
 
 PAGE_BATCH = 8  # query pages rendered and encoded per forward during a long prompt's prefill
-PREFILL_TOKENS = 1024  # prompts up to this many positions are prefilled whole, several rows per forward
+PREFILL_TOKENS = 1024  # prompts up to this many positions are prefilled whole, several per forward
 
 
 def new_tokens_mask(q: int, block: int, bidirectional: bool) -> torch.Tensor:
@@ -60,59 +64,86 @@ def cache_keyword(module) -> str:
     return _cache_keyword(type(module))
 
 
-def forward(model, kv: KVStore, slots: list[int], embeds: torch.Tensor, positions: torch.Tensor,
-            new: torch.Tensor, hide: list[tuple[int, int]] | None = None) -> torch.Tensor:
-    """Run the LLM over q new tokens per slot, appending their KV; (B, V) fp32 logits of the last."""
-    starts = [kv.lengths[s] for s in slots]
-    attend = kv.begin(slots, embeds.shape[1])
-    mask = cache_mask(starts, new, attend, hide).to(embeds.device)
-    out = model.llm(inputs_embeds=embeds, position_ids=positions.to(embeds.device), attention_mask=mask,
-                    use_cache=True, logits_to_keep=1, **{cache_keyword(model.llm): kv})
-    return out.logits[:, -1].float()
+@dataclass
+class Feed:
+    """New tokens for one KV slot: embeds (q, d) at `positions` (q,), seeing each other as
+    `new` (q, q) says and the slot's entries before them except [hide[0], hide[1])."""
+
+    slot: int
+    embeds: torch.Tensor
+    positions: torch.Tensor
+    new: torch.Tensor
+    hide: tuple[int, int] | None = None
 
 
-def prefill_rows(model, kv: KVStore, slots: list[int], prompts: list, bidirectional: bool, encode) -> torch.Tensor:
-    """Whole prompts (each `Prompt.segments`, up to PREFILL_TOKENS positions) into empty slots in
-    one forward, padded to the longest; all their pages in one `encode(texts)` -> (N, beta, d).
-    Row b holds entries [0, positions_b) afterwards; returns (B, V) fp32 logits of each last token."""
+ONE = torch.ones(1, 1, dtype=torch.bool)  # a single new token sees itself
+
+
+def _alike(a: Feed, b: Feed) -> bool:
+    return (len(a.positions) == len(b.positions) and (a.hide is None) == (b.hide is None)
+            and (a.new is b.new or torch.equal(a.new, b.new)))
+
+
+def _groups(feeds: list[Feed], starts: list[int], device) -> list[Group]:
+    """Consecutive feeds alike in length, mask and hiding attend in one SDPA call."""
+    groups, token, first = [], 0, 0
+    for index in range(1, len(feeds) + 1):
+        if index < len(feeds) and _alike(feeds[first], feeds[index]):
+            continue
+        members, begins = feeds[first:index], starts[first:index]
+        q, slots = len(members[0].positions), [f.slot for f in members]
+        attend = max(begins) + q
+        hide = None if members[0].hide is None else [f.hide for f in members]
+        contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
+        rows = slice(slots[0], slots[0] + len(slots)) if contiguous else torch.tensor(slots, device=device)
+        groups.append(Group(token, len(members), q, rows, attend, cache_mask(begins, members[0].new, attend, hide).to(device)))
+        token, first = token + len(members) * q, index
+    return groups
+
+
+def forward(model, kv: KVStore, feeds: list[Feed]) -> torch.Tensor:
+    """One LLM forward over every feed's tokens packed in one row, appending their KV (weights
+    read once for all, attention per slot: `attention.py`); (len(feeds), V) fp32 logits of each
+    feed's last token."""
+    device = model.device
+    lengths = [len(f.positions) for f in feeds]
+    starts = kv.begin([f.slot for f in feeds], lengths)
+    embeds = torch.cat([f.embeds for f in feeds])[None]
+    positions = torch.cat([f.positions for f in feeds])[None].to(device)
+    last = (torch.tensor(lengths).cumsum(0) - 1).to(device)
+    placeholder = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device)  # 4D: transformers makes no mask
+    with attention.packed(model.llm):
+        out = model.llm(inputs_embeds=embeds, position_ids=positions, attention_mask=placeholder, use_cache=True,
+                        logits_to_keep=last, packed=_groups(feeds, starts, device), **{cache_keyword(model.llm): kv})
+    return out.logits[0].float()
+
+
+def prompt_feed(model, slot: int, segments, visual: torch.Tensor | None, bidirectional: bool) -> Feed:
+    """A whole prompt (`Prompt.segments`) from position 0; `visual` (pages, beta, d) holds its
+    pages' visual tokens in order."""
     embed, device = model.llm.get_input_embeddings(), model.device
-    texts = [page for segments in prompts for kind, content in segments if kind == "pages" for page in content]
-    visual = encode(texts) if texts else None
-    rows, blocks, used = [], [], 0
-    for segments in prompts:
-        parts, block = [], []
-        for kind, content in segments:
-            if kind == "text":
-                parts.append(embed(torch.tensor(content, device=device)))
-                block.append(torch.full((len(content),), -1))
-            else:
-                pages = visual[used : used + len(content)]
-                parts.append(pages.reshape(-1, pages.shape[-1]))
-                block.append(used + torch.arange(len(content)).repeat_interleave(pages.shape[1]))
-                used += len(content)
-        rows.append(torch.cat(parts))
-        blocks.append(torch.cat(block))
-    lengths = [len(row) for row in rows]
-    q = max(lengths)
-    embeds = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
-    block = torch.nn.utils.rnn.pad_sequence(blocks, batch_first=True, padding_value=-1)  # (B, q)
-    index = torch.arange(q)
-    mask = (index[None, :] <= index[:, None])[None] & (index[None, None, :] < torch.tensor(lengths)[:, None, None])
+    parts, block, used = [], [], 0
+    for kind, content in segments:
+        if kind == "text":
+            parts.append(embed(torch.tensor(content, dtype=torch.long, device=device)))
+            block.append(torch.full((len(content),), -1))
+        else:
+            pages = visual[used : used + len(content)]
+            parts.append(pages.reshape(-1, pages.shape[-1]))
+            block.append(used + torch.arange(len(content)).repeat_interleave(pages.shape[1]))
+            used += len(content)
+    block = torch.cat(block)
+    new = new_tokens_mask(len(block), 1, False)
     if bidirectional:
-        mask |= (block[:, :, None] == block[:, None, :]) & (block[:, :, None] >= 0)
-    kv.begin(slots, q)
-    base = model.llm.base_model
-    out = base(inputs_embeds=embeds, position_ids=index[None].expand(len(rows), q).to(device),
-               attention_mask=mask[:, None].to(device), use_cache=True, **{cache_keyword(base): kv})
-    for slot, length in zip(slots, lengths):
-        kv.lengths[slot] = length  # entries past a row's prompt are padding, overwritten by what follows
-    last = out.last_hidden_state[torch.arange(len(rows)), torch.tensor(lengths) - 1]
-    return model.llm.get_output_embeddings()(last).float()
+        new |= (block[:, None] == block[None, :]) & (block[:, None] >= 0)
+    return Feed(slot, torch.cat(parts), torch.arange(len(block)), new)
 
 
-def embed_tokens(model, tokens: list[int]) -> torch.Tensor:
-    """(len(tokens), 1, d): one token per row."""
-    return model.llm.get_input_embeddings()(torch.tensor(tokens, device=model.device)[:, None])
+def token_feeds(model, slots: list[int], tokens: list[int], positions: list[int]) -> list[Feed]:
+    """One token per slot, at its position."""
+    embeds = model.llm.get_input_embeddings()(torch.tensor(tokens, dtype=torch.long, device=model.device))
+    return [Feed(slot, embeds[i : i + 1], torch.tensor([position]), ONE)
+            for i, (slot, position) in enumerate(zip(slots, positions))]
 
 
 class PromptCursor:
@@ -138,21 +169,21 @@ class PromptCursor:
         return kind, piece
 
 
-def prefill_piece(model, kv: KVStore, slot: int, cursor: PromptCursor, tokens: int, beta: int,
-                  bidirectional: bool, encode) -> torch.Tensor:
-    """Feed the cursor's next piece (`PromptCursor.next`) into a slot that holds what came
-    before it (pages encoded by `encode(texts)` -> (N, beta, d)); (V,) logits of its last token."""
+def piece_feed(model, slot: int, cursor: PromptCursor, tokens: int, beta: int, bidirectional: bool,
+               encode) -> Feed:
+    """The cursor's next piece (`PromptCursor.next`) for a slot that holds what came before it
+    (pages encoded by `encode(texts)` -> (N, beta, d))."""
     kind, piece = cursor.next(tokens, beta)
     if kind == "text":
-        embeds = model.llm.get_input_embeddings()(torch.tensor([piece], device=model.device))
+        embeds = model.llm.get_input_embeddings()(torch.tensor(piece, dtype=torch.long, device=model.device))
         new = new_tokens_mask(len(piece), 1, False)
     else:
         visual = encode(piece)
-        embeds = visual.reshape(1, -1, visual.shape[2])
-        new = new_tokens_mask(embeds.shape[1], beta, bidirectional)
-    positions = torch.arange(cursor.base, cursor.base + embeds.shape[1])[None]
-    cursor.base += embeds.shape[1]
-    return forward(model, kv, [slot], embeds, positions, new)[0]
+        embeds = visual.reshape(-1, visual.shape[2])
+        new = new_tokens_mask(len(embeds), beta, bidirectional)
+    positions = torch.arange(cursor.base, cursor.base + len(embeds))
+    cursor.base += len(embeds)
+    return Feed(slot, embeds, positions, new)
 
 
 def compress(model, kv: KVStore, slots: list[int], chunks: list[int], bases: list[int], visual: torch.Tensor,
@@ -162,9 +193,10 @@ def compress(model, kv: KVStore, slots: list[int], chunks: list[int], bases: lis
     the chunk, which is thereby evicted. Returns (B, V) logits of each block's last token."""
     block = visual.shape[1]
     starts = [kv.lengths[s] - c for s, c in zip(slots, chunks)]
-    hide = None if sees_text else [(start, start + c) for start, c in zip(starts, chunks)]
-    positions = torch.tensor(bases)[:, None] + torch.arange(block)
-    logits = forward(model, kv, slots, visual, positions, new_tokens_mask(block, beta, bidirectional), hide)
+    new = new_tokens_mask(block, beta, bidirectional)
+    feeds = [Feed(slot, visual[b], base + torch.arange(block), new, None if sees_text else (start, start + c))
+             for b, (slot, base, start, c) in enumerate(zip(slots, bases, starts, chunks))]
+    logits = forward(model, kv, feeds)
     for slot, start, c in zip(slots, starts, chunks):
         kv.move(slot, start + c, start, block)
     return logits

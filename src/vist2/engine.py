@@ -3,11 +3,12 @@
 Each `Request` carries its mode (text, pcc, gcc), sampling options, chunk options, prompt,
 status and chunk phase. `Engine.step` finishes cancelled requests, admits waiting ones (a
 slot of the `KVStore` with room for their need), prefills prompts (whole, or with
-`prefill_tokens` at most that many positions per step, so running rows keep decoding while a
-long prompt goes in), picks one token for every running request (`_choose`, per row), feeds
-them in one batched forward, compresses each gcc row's chunk when it closes, finishes a row
-whose next forward would pass the backbone's position limit ("length"), and frees the slots
-of finished requests. `add` and `cancel` may be called between steps, or from another thread.
+`prefill_tokens` at most that many positions per step, in the same forward as the decode
+tokens, so running rows keep decoding while a long prompt goes in), picks one token for every
+running request (`_choose`, per row), feeds them in one packed forward (`decode.forward`),
+compresses each gcc row's chunk when it closes, finishes a row whose next forward would pass
+the backbone's position limit ("length"), and frees the slots of finished requests.
+`add` and `cancel` may be called between steps, or from another thread.
 
     engine = Engine(model, tokenizer)
     request = engine.add("Summarise ...", GenerationConfig(mode="gcc"))
@@ -48,17 +49,16 @@ class Event:
     logprobs: list[tuple[float, list]] = field(default_factory=list)  # per token, when config.logprobs asks
 
 
-def prefill_groups(joining: list[Request]) -> list[list[Request]]:
-    """Joining requests in groups prefilled by one forward: alike in attention inside visual
-    blocks, at most PREFILL_TOKENS padded positions; a longer prompt alone."""
-    groups: list[list[Request]] = []
-    for request in sorted(joining, key=lambda r: r.prompt.positions):
-        group = groups[-1] if groups else None
-        fits = group is not None and (len(group) + 1) * request.prompt.positions <= decode.PREFILL_TOKENS
-        if fits and group[0].options.bidirectional_visual == request.options.bidirectional_visual:
-            group.append(request)
-        else:
-            groups.append([request])
+def prefill_groups(prompts: list[tuple[Request, decode.Feed]]) -> list[list[tuple[Request, decode.Feed]]]:
+    """Whole prompts in forwards of at most PREFILL_TOKENS positions together, shortest first."""
+    groups: list[list] = []
+    size = 0
+    for request, feed in sorted(prompts, key=lambda pair: len(pair[1].positions)):
+        if not groups or size + len(feed.positions) > decode.PREFILL_TOKENS:
+            groups.append([])
+            size = 0
+        groups[-1].append((request, feed))
+        size += len(feed.positions)
     return groups
 
 
@@ -152,11 +152,9 @@ class Engine:
     def step(self) -> list[Event]:
         events = self._cancel()
         self._admit()
-        self._prefill()
+        prompts = self._prefill()
         running = [r for r in self.rows if r.status is Status.RUNNING]
-        if not running:
-            return events
-        tokens = self._choose(running)
+        tokens = self._choose(running) if running else []
         feed, complete = [], []
         for request, token in zip(running, tokens):
             if request.overflows(token):  # fill: compress the full page first, then pick again
@@ -187,8 +185,8 @@ class Engine:
                 feed.append(request)
             if done:
                 complete.append((request, event))
-        if feed:
-            self._decode(feed)
+        if feed or prompts:
+            self._forward(feed, prompts)
         if complete:
             self._compress(complete)
         for request in [r for r in self.rows if r.finished]:
@@ -241,12 +239,14 @@ class Engine:
             request.start(slot)
             self.rows.append(request)
 
-    def _prefill(self) -> None:
-        """Prompts into their slots, oldest first: a short one whole (several per forward), a long
-        one in pieces. With `prefill_tokens`, at most that many positions this step (at least one
-        piece), so running rows keep decoding while a long prompt goes in over several steps."""
-        left = self.prefill_tokens if self.prefill_tokens is not None else float("inf")
-        whole = []
+    def _prefill(self) -> list[tuple[Request, decode.Feed]]:
+        """Prompts into their slots, oldest first: a short one whole, a long one in pieces. Without
+        `prefill_tokens` every prompt goes in now (short ones several per forward). With it, at most
+        that many positions this step (at least one piece), returned to go into the same forward
+        as this step's decode tokens: running rows keep decoding while a long prompt goes in."""
+        budget = self.prefill_tokens
+        left = budget if budget is not None else float("inf")
+        whole, pieces = [], []
         for request in sorted((r for r in self.rows if r.status is Status.PREFILL), key=lambda r: r.id):
             if left <= 0:
                 break
@@ -254,36 +254,44 @@ class Engine:
                 whole.append(request)
                 left -= request.prompt.positions
                 continue
-            request.cursor = request.cursor or decode.PromptCursor(request.prompt.segments)
-            left -= self._prefill_pieces(request, left)
-        for group in prefill_groups(whole):
-            started = time.perf_counter()
-            logits = decode.prefill_rows(self.model, self.kv, [r.slot for r in group],
-                                         [r.prompt.segments for r in group], group[0].options.bidirectional_visual,
-                                         lambda texts: self._encode(texts, group))
-            for request, row_logits in zip(group, logits):
-                request.stats.prefill_s += time.perf_counter() - started
-                request.prefilled(row_logits, self.kv)
+            cursor = request.cursor = request.cursor or decode.PromptCursor(request.prompt.segments)
+            while not cursor.done and left > 0:
+                pieces.append((request, self._piece(request, left)))
+                left -= len(pieces[-1][1].positions)
+                if budget is None:  # the next piece attends this one: one forward each
+                    self._forward([], [pieces.pop()])
+                else:
+                    break  # one piece per prompt and step
+        prompts = self._whole(whole) + pieces
+        if budget is not None:
+            return prompts
+        for group in prefill_groups(prompts):
+            self._forward([], group)
+        return []
 
-    def _prefill_pieces(self, request: Request, left: float) -> int:
-        """Pieces of one prompt up to `left` positions (unlimited: text in K-token pieces and pages
-        PAGE_BATCH at a time, as `bench.bounds` counts them); returns the positions fed."""
-        started, cursor, options, used = time.perf_counter(), request.cursor, request.options, 0
+    def _whole(self, requests: list[Request]) -> list[tuple[Request, decode.Feed]]:
+        """Whole prompts' feeds, all their pages rendered and encoded in one batch."""
+        texts = [page for r in requests for kind, content in r.prompt.segments if kind == "pages" for page in content]
+        visual = self._encode(texts, requests) if texts else None
+        prompts, used = [], 0
+        for request in requests:
+            pages = sum(len(content) for kind, content in request.prompt.segments if kind == "pages")
+            feed = decode.prompt_feed(self.model, request.slot, request.prompt.segments,
+                                      None if visual is None else visual[used : used + pages],
+                                      request.options.bidirectional_visual)
+            prompts.append((request, feed))
+            used += pages
+        return prompts
+
+    def _piece(self, request: Request, left: float) -> decode.Feed:
+        """The next piece of a long prompt, at most `left` positions (unlimited: text in K-token
+        pieces and pages PAGE_BATCH at a time, as `bench.bounds` counts them)."""
+        cursor, options = request.cursor, request.options
+        pages = cursor.segments[cursor.index][0] == "pages"
         text_piece = options.chunk_tokens if self.prefill_tokens is None else decode.PREFILL_TOKENS
-        while not cursor.done and used < left:
-            pages = cursor.segments[cursor.index][0] == "pages"
-            if pages and used and left - used < options.beta:
-                break
-            before = cursor.base
-            request.logits = decode.prefill_piece(
-                self.model, self.kv, request.slot, cursor,
-                min(left - used, decode.PAGE_BATCH * options.beta if pages else text_piece), options.beta,
-                options.bidirectional_visual, lambda texts: self._encode(texts, [request]))
-            used += cursor.base - before
-        request.stats.prefill_s += time.perf_counter() - started
-        if cursor.done:
-            request.prefilled(request.logits, self.kv)
-        return used
+        return decode.piece_feed(self.model, request.slot, cursor,
+                                 min(left, decode.PAGE_BATCH * options.beta if pages else text_piece), options.beta,
+                                 options.bidirectional_visual, lambda texts: self._encode(texts, [request]))
 
     def _choose(self, rows: list[Request]) -> list[int]:
         """One token per running row: forced, greedy (batched) or sampled (per row)."""
@@ -306,12 +314,13 @@ class Engine:
                 request.kept.append(request.logits)
         return tokens
 
-    def _decode(self, rows: list[Request]) -> None:
-        """Feed each row's last token; transient (gcc chunk) tokens do not advance the base."""
-        positions = torch.tensor([[r.base + r.offset] for r in rows])
-        embeds = decode.embed_tokens(self.model, [r.output[-1] for r in rows])
-        new = torch.ones(1, 1, dtype=torch.bool)
-        logits = decode.forward(self.model, self.kv, [r.slot for r in rows], embeds, positions, new)
+    def _forward(self, rows: list[Request], prompts: list[tuple[Request, decode.Feed]]) -> None:
+        """One forward: each running row's last token (a transient gcc chunk token does not
+        advance the base) and prompts' feeds (a prompt whose last piece this is starts running)."""
+        started = time.perf_counter()
+        feeds = decode.token_feeds(self.model, [r.slot for r in rows], [r.output[-1] for r in rows],
+                                   [r.base + r.offset for r in rows])
+        logits = decode.forward(self.model, self.kv, feeds + [feed for _, feed in prompts])
         for request, row_logits in zip(rows, logits):
             request.logits = row_logits
             if request.config.mode == "gcc":
@@ -319,6 +328,11 @@ class Engine:
             else:
                 request.base += 1
             request.measure(self.kv)
+        for (request, _), row_logits in zip(prompts, logits[len(rows) :]):
+            request.stats.prefill_s += time.perf_counter() - started
+            request.logits = row_logits
+            if request.cursor is None or request.cursor.done:
+                request.prefilled(row_logits, self.kv)
 
     def _compress(self, complete: list[tuple[Request, Event]]) -> None:
         """Finished chunks -> visual blocks, one forward per group of rows alike in shape and options."""

@@ -2,9 +2,9 @@
 (slots, kv heads, capacity, head dim), one slot per running request (DESIGN 5).
 
 A slot's entries [0, length) are its cache, compact: no padding, no holes. A forward names
-the slots it runs and where each writes (`begin`); transformers then calls `update` per
-layer, which writes the new keys and values in place and returns the slots' buffers up to
-the longest attended length. A gcc row's visual block is written after its chunk and then
+the slots it runs and how many entries each writes (`begin`); transformers then calls `update`
+per layer, which writes the new keys and values in place and returns the layer's buffers, from
+which the packed attention (`attention.py`) reads each slot's entries. A gcc row's visual block is written after its chunk and then
 copied over it (`move`, beta entries), so eviction reallocates nothing and the freed entries
 are reused by the row's next tokens.
 
@@ -44,9 +44,7 @@ class KVStore:
         self.needs: list[int] = []  # entries reserved per slot in use
         self.reallocations = 0
         self.bytes_copied = 0  # by reallocation and slot compaction
-        self._rows: torch.Tensor | slice = slice(0, 0)  # the slots of the current forward
-        self._index: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, 1) slots, (B, q) entries written
-        self._attend = 0  # entries the current forward attends (per slot, padding masked)
+        self._index: tuple[torch.Tensor, torch.Tensor] | None = None  # (1, n) slot and entry of each new token
 
     @property
     def slots(self) -> int:
@@ -106,33 +104,34 @@ class KVStore:
         self._fit()
         return moved
 
-    def begin(self, slots: list[int], q: int) -> int:
-        """Prepare a forward of q new tokens for each slot, written after its entries; returns
-        the attended length (the longest slot's entries + q)."""
+    def begin(self, slots: list[int], counts: list[int]) -> list[int]:
+        """Prepare a forward that writes counts[i] new entries after slot slots[i]'s (a packed row:
+        slot by slot, in this order); returns where each slot's new entries start."""
         starts = [self.lengths[s] for s in slots]
-        self._attend = max(starts) + q
-        for s, start in zip(slots, starts):
-            self.needs[s] = max(self.needs[s], start + q)
-        if self._attend > self.capacity:  # beyond every reservation (gcc fill): grow geometrically
-            grown = max(self._attend, GROWTH * self.capacity)
+        for s, start, count in zip(slots, starts, counts):
+            self.needs[s] = max(self.needs[s], start + count)
+        longest = max(start + count for start, count in zip(starts, counts))
+        if longest > self.capacity:  # beyond every reservation (gcc fill): grow geometrically
+            grown = max(longest, GROWTH * self.capacity)
             self.needs = [grown if need > self.capacity else need for need in self.needs]
         self._fit()
         device = self.keys.device
-        index = torch.tensor(slots, device=device)
-        contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
-        self._rows = slice(slots[0], slots[0] + len(slots)) if contiguous else index
-        self._index = (index[:, None], torch.tensor(starts, device=device)[:, None] + torch.arange(q, device=device))
-        for s in slots:
-            self.lengths[s] += q
-        return self._attend
+        self._index = (torch.tensor(slots, device=device).repeat_interleave(torch.tensor(counts, device=device))[None],
+                       torch.cat([torch.arange(start, start + count, device=device)
+                                  for start, count in zip(starts, counts)])[None])
+        for s, count in zip(slots, counts):
+            self.lengths[s] += count
+        return starts
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        """transformers' cache interface: store (B, H, q, D) new keys/values, return (B, H, L, D)."""
+        """transformers' cache interface: store the packed row's (1, H, n, D) new keys and values
+        where `begin` said; returns the layer's whole buffers (`attention.packed_attention` reads
+        each slot's entries from them)."""
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         rows, write = self._index
         keys[rows, :, write] = key_states.transpose(1, 2).to(keys.dtype)
         values[rows, :, write] = value_states.transpose(1, 2).to(values.dtype)
-        return keys[self._rows, :, : self._attend], values[self._rows, :, : self._attend]
+        return keys, values
 
     def move(self, slot: int, source: int, target: int, count: int) -> None:
         """Copy entries [source, source + count) of a slot to [target, ...); the slot then ends there."""
