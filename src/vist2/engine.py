@@ -255,13 +255,12 @@ class Engine:
                 left -= request.prompt.positions
                 continue
             cursor = request.cursor = request.cursor or decode.PromptCursor(request.prompt.segments)
-            while not cursor.done and left > 0:
-                pieces.append((request, self._piece(request, left)))
-                left -= len(pieces[-1][1].positions)
-                if budget is None:  # the next piece attends this one: one forward each
-                    self._forward([], [pieces.pop()])
-                else:
-                    break  # one piece per prompt and step
+            if budget is None:
+                while not cursor.done:  # the next piece attends this one: one forward each
+                    self._forward([], [(request, self._piece(request, left))])
+                continue
+            pieces.append((request, self._piece(request, left)))  # one piece a step
+            left -= len(pieces[-1][1].positions)
         prompts = self._whole(whole) + pieces
         if budget is not None:
             return prompts

@@ -45,8 +45,9 @@ def add_serve(commands) -> None:
     parser.add_argument("--served-model-name", help="model name clients use (default: the preset or folder name)")
     parser.add_argument("--max-batch", type=integer(1), default=16, help="most requests decoded together (default 16)")
     parser.add_argument("--prefill-chunk-tokens", type=integer(0), default=PREFILL_CHUNK_TOKENS,
-                        help="prompt positions prefilled per engine step, between decoding steps, so a long "
-                             f"prompt does not stall running streams; 0 = each prompt whole (default {PREFILL_CHUNK_TOKENS})")
+                        help="prompt positions prefilled per engine step, in the same forward as the running "
+                             "streams' tokens, so a long prompt does not stall them; 0 = each prompt whole "
+                             f"(default {PREFILL_CHUNK_TOKENS})")
     parser.add_argument("--max-queue", type=integer(0), default=64,
                         help="most requests waiting for a row; beyond it 429 with Retry-After (default 64)")
     parser.add_argument("--max-prompt-tokens", type=integer(1),
