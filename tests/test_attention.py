@@ -14,7 +14,8 @@ def filled_store(model, lengths: list[int]) -> KVStore:
     store.add_slots([n + 40 for n in lengths])
     d = model.llm.config.hidden_size
     for slot, n in enumerate(lengths):
-        decode.forward(model, store, [decode.Feed(slot, torch.randn(n, d), torch.arange(n), decode.new_tokens_mask(n, 1, False))])
+        decode.forward(model, store, [decode.Feed([slot], torch.randn(1, n, d), torch.arange(n)[None],
+                                                  decode.new_tokens_mask(n, 1, False))])
     return store
 
 
@@ -26,12 +27,16 @@ def test_one_packed_forward_equals_a_forward_per_slot(tiny):
     d = model.llm.config.hidden_size
     lengths = [7, 30, 12, 20]
     torch.manual_seed(1)
-    feeds = decode.token_feeds(model, [0, 1], [5, 9], [7, 30]) + [
-        decode.Feed(2, torch.randn(6, d), torch.arange(12, 18), decode.new_tokens_mask(6, 1, False)),
-        decode.Feed(3, torch.randn(8, d), torch.arange(16, 24), decode.new_tokens_mask(8, 4, True), hide=(16, 20))]
+    tokens = decode.token_feed(model, [0, 1], [5, 9], [7, 30])
+    feeds = [tokens,
+             decode.Feed([2], torch.randn(1, 6, d), torch.arange(12, 18)[None], decode.new_tokens_mask(6, 1, False)),
+             decode.Feed([3], torch.randn(1, 8, d), torch.arange(16, 24)[None], decode.new_tokens_mask(8, 4, True),
+                         hide=[(16, 20)])]
     packed, alone = filled_store(model, lengths), filled_store(model, lengths)
     together = decode.forward(model, packed, feeds)
-    apart = torch.cat([decode.forward(model, alone, [feed]) for feed in feeds])
+    one_by_one = [decode.Feed([slot], tokens.embeds[i : i + 1], tokens.positions[i : i + 1], decode.ONE)
+                  for i, slot in enumerate(tokens.slots)] + feeds[1:]
+    apart = torch.cat([decode.forward(model, alone, [feed]) for feed in one_by_one])
     assert (together - apart).abs().max() <= 1e-5
     assert packed.lengths == alone.lengths == [8, 31, 18, 28]
     for slot, n in enumerate(packed.lengths):

@@ -42,8 +42,15 @@ class Group:
 
 
 def _sdpa(query, key, value, mask, scaling):
-    """(B, H, q, D) queries over (B, kv heads, L, D) keys and values, mask (B, 1, q, L)."""
-    repeat = query.shape[1] // key.shape[1]
+    """(B, H, q, D) queries over (B, kv heads, L, D) keys and values, mask (B, 1, q, L). One new
+    token per row: a key head's query heads go in as its rows (no copy, as transformers does);
+    more on CPU: `enable_gqa`; elsewhere keys are repeated per query head."""
+    rows, heads, q, dim = query.shape
+    repeat = heads // key.shape[1]
+    if repeat > 1 and q == 1:
+        out = torch.nn.functional.scaled_dot_product_attention(query.reshape(rows, -1, repeat, dim), key, value,
+                                                               attn_mask=mask, scale=scaling)
+        return out.reshape(rows, heads, 1, dim)
     if repeat > 1 and query.device.type != "cpu":
         key, value = key.repeat_interleave(repeat, 1), value.repeat_interleave(repeat, 1)
     return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
@@ -65,7 +72,7 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
         keys, values = key[group.slots, :, : group.attend], value[group.slots, :, : group.attend]
         attended = _sdpa(rows, keys, values, group.mask, scaling)
         out.append(attended.transpose(1, 2).reshape(-1, heads, dim))
-    return torch.cat(out)[None], None
+    return (torch.cat(out) if len(out) > 1 else out[0])[None], None
 
 
 AttentionInterface.register(NAME, packed_attention)

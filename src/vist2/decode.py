@@ -1,9 +1,9 @@
 """The forwards of generation, as small free functions over a `KVStore` (DESIGN 3 and 5).
 
-Every forward is `forward(model, kv, feeds)`: each `Feed` is the new tokens of one slot (a
-whole short prompt, a piece of a long one, one decode token, a gcc visual block), all packed in
-one row so the weights are read once (`attention.py`); a feed sees its slot's entries and
-itself as an explicit bool mask says. Positions follow the layout: a transient chunk and its
+Every forward is `forward(model, kv, feeds)`: each `Feed` is the new tokens of slots alike (a
+whole short prompt, a piece of a long one, one decode token per running row, the gcc visual
+blocks closing now), all packed in one row so the weights are read once (`attention.py`); a
+row sees its slot's entries and the feed's new tokens as an explicit bool mask says. Positions follow the layout: a transient chunk and its
 visual block share a base position, so incremental decoding equals the teacher-forced forward
 of the same layout (`vist2 verify`).
 """
@@ -66,55 +66,47 @@ def cache_keyword(module) -> str:
 
 @dataclass
 class Feed:
-    """New tokens for one KV slot: embeds (q, d) at `positions` (q,), seeing each other as
-    `new` (q, q) says and the slot's entries before them except [hide[0], hide[1])."""
+    """New tokens for B slots, q each: embeds (B, q, d) at `positions` (B, q), seeing each other
+    as `new` (q, q) says and each slot's entries before them except [hide[b][0], hide[b][1]).
+    The rows of a feed attend in one SDPA call."""
 
-    slot: int
+    slots: list[int]
     embeds: torch.Tensor
     positions: torch.Tensor
     new: torch.Tensor
-    hide: tuple[int, int] | None = None
+    hide: list[tuple[int, int]] | None = None
 
 
-ONE = torch.ones(1, 1, dtype=torch.bool)  # a single new token sees itself
-
-
-def _alike(a: Feed, b: Feed) -> bool:
-    return (len(a.positions) == len(b.positions) and (a.hide is None) == (b.hide is None)
-            and (a.new is b.new or torch.equal(a.new, b.new)))
-
-
-def _groups(feeds: list[Feed], starts: list[int], device) -> list[Group]:
-    """Consecutive feeds alike in length, mask and hiding attend in one SDPA call."""
-    groups, token, first = [], 0, 0
-    for index in range(1, len(feeds) + 1):
-        if index < len(feeds) and _alike(feeds[first], feeds[index]):
-            continue
-        members, begins = feeds[first:index], starts[first:index]
-        q, slots = len(members[0].positions), [f.slot for f in members]
-        attend = max(begins) + q
-        hide = None if members[0].hide is None else [f.hide for f in members]
-        contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
-        rows = slice(slots[0], slots[0] + len(slots)) if contiguous else torch.tensor(slots, device=device)
-        groups.append(Group(token, len(members), q, rows, attend, cache_mask(begins, members[0].new, attend, hide).to(device)))
-        token, first = token + len(members) * q, index
-    return groups
+@functools.cache
+def _placeholder(device) -> torch.Tensor:
+    """A 4D mask, so transformers makes none (the packed attention has its own per group)."""
+    return torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device)
 
 
 def forward(model, kv: KVStore, feeds: list[Feed]) -> torch.Tensor:
     """One LLM forward over every feed's tokens packed in one row, appending their KV (weights
-    read once for all, attention per slot: `attention.py`); (len(feeds), V) fp32 logits of each
-    feed's last token."""
+    read once for all, attention per feed: `attention.py`); (rows, V) fp32 logits of each row's
+    last token, feed after feed."""
     device = model.device
-    lengths = [len(f.positions) for f in feeds]
-    starts = kv.begin([f.slot for f in feeds], lengths)
-    embeds = torch.cat([f.embeds for f in feeds])[None]
-    positions = torch.cat([f.positions for f in feeds])[None].to(device)
-    last = (torch.tensor(lengths).cumsum(0) - 1).to(device)
-    placeholder = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device)  # 4D: transformers makes no mask
+    slots = [slot for f in feeds for slot in f.slots]
+    starts = kv.begin(slots, [f.positions.shape[1] for f in feeds for _ in f.slots])
+    groups, token, last = [], 0, []
+    for feed in feeds:
+        rows, q = feed.positions.shape
+        begins, starts = starts[:rows], starts[rows:]
+        first = feed.slots[0]
+        contiguous = feed.slots == list(range(first, first + rows))
+        attend = max(begins) + q
+        groups.append(Group(token, rows, q, slice(first, first + rows) if contiguous else torch.tensor(feed.slots, device=device),
+                            attend, cache_mask(begins, feed.new, attend, feed.hide).to(device)))
+        last += range(token + q - 1, token + rows * q, q)
+        token += rows * q
+    embeds = torch.cat([f.embeds.flatten(0, 1) for f in feeds])[None]
+    positions = torch.cat([f.positions.flatten() for f in feeds])[None].to(device)
+    keep = 0 if len(last) == token else torch.tensor(last, device=device)  # 0: every token's logits
     with attention.packed(model.llm):
-        out = model.llm(inputs_embeds=embeds, position_ids=positions, attention_mask=placeholder, use_cache=True,
-                        logits_to_keep=last, packed=_groups(feeds, starts, device), **{cache_keyword(model.llm): kv})
+        out = model.llm(inputs_embeds=embeds, position_ids=positions, attention_mask=_placeholder(device),
+                        use_cache=True, logits_to_keep=keep, packed=groups, **{cache_keyword(model.llm): kv})
     return out.logits[0].float()
 
 
@@ -136,14 +128,16 @@ def prompt_feed(model, slot: int, segments, visual: torch.Tensor | None, bidirec
     new = new_tokens_mask(len(block), 1, False)
     if bidirectional:
         new |= (block[:, None] == block[None, :]) & (block[:, None] >= 0)
-    return Feed(slot, torch.cat(parts), torch.arange(len(block)), new)
+    return Feed([slot], torch.cat(parts)[None], torch.arange(len(block))[None], new)
 
 
-def token_feeds(model, slots: list[int], tokens: list[int], positions: list[int]) -> list[Feed]:
+def token_feed(model, slots: list[int], tokens: list[int], positions: list[int]) -> Feed:
     """One token per slot, at its position."""
     embeds = model.llm.get_input_embeddings()(torch.tensor(tokens, dtype=torch.long, device=model.device))
-    return [Feed(slot, embeds[i : i + 1], torch.tensor([position]), ONE)
-            for i, (slot, position) in enumerate(zip(slots, positions))]
+    return Feed(slots, embeds[:, None], torch.tensor(positions)[:, None], ONE)
+
+
+ONE = torch.ones(1, 1, dtype=torch.bool)  # a single new token sees itself
 
 
 class PromptCursor:
@@ -183,7 +177,7 @@ def piece_feed(model, slot: int, cursor: PromptCursor, tokens: int, beta: int, b
         new = new_tokens_mask(len(embeds), beta, bidirectional)
     positions = torch.arange(cursor.base, cursor.base + len(embeds))
     cursor.base += len(embeds)
-    return Feed(slot, embeds, positions, new)
+    return Feed([slot], embeds[None], positions[None], new)
 
 
 def compress(model, kv: KVStore, slots: list[int], chunks: list[int], bases: list[int], visual: torch.Tensor,
@@ -194,9 +188,8 @@ def compress(model, kv: KVStore, slots: list[int], chunks: list[int], bases: lis
     block = visual.shape[1]
     starts = [kv.lengths[s] - c for s, c in zip(slots, chunks)]
     new = new_tokens_mask(block, beta, bidirectional)
-    feeds = [Feed(slot, visual[b], base + torch.arange(block), new, None if sees_text else (start, start + c))
-             for b, (slot, base, start, c) in enumerate(zip(slots, bases, starts, chunks))]
-    logits = forward(model, kv, feeds)
+    hide = None if sees_text else [(start, start + c) for start, c in zip(starts, chunks)]
+    logits = forward(model, kv, [Feed(slots, visual, torch.tensor(bases)[:, None] + torch.arange(block), new, hide)])
     for slot, start, c in zip(slots, starts, chunks):
         kv.move(slot, start + c, start, block)
     return logits

@@ -53,12 +53,12 @@ def prefill_groups(prompts: list[tuple[Request, decode.Feed]]) -> list[list[tupl
     """Whole prompts in forwards of at most PREFILL_TOKENS positions together, shortest first."""
     groups: list[list] = []
     size = 0
-    for request, feed in sorted(prompts, key=lambda pair: len(pair[1].positions)):
-        if not groups or size + len(feed.positions) > decode.PREFILL_TOKENS:
+    for request, feed in sorted(prompts, key=lambda pair: pair[1].positions.shape[1]):
+        if not groups or size + feed.positions.shape[1] > decode.PREFILL_TOKENS:
             groups.append([])
             size = 0
         groups[-1].append((request, feed))
-        size += len(feed.positions)
+        size += feed.positions.shape[1]
     return groups
 
 
@@ -260,7 +260,7 @@ class Engine:
                     self._forward([], [(request, self._piece(request, left))])
                 continue
             pieces.append((request, self._piece(request, left)))  # one piece a step
-            left -= len(pieces[-1][1].positions)
+            left -= pieces[-1][1].positions.shape[1]
         prompts = self._whole(whole) + pieces
         if budget is not None:
             return prompts
@@ -317,8 +317,8 @@ class Engine:
         """One forward: each running row's last token (a transient gcc chunk token does not
         advance the base) and prompts' feeds (a prompt whose last piece this is starts running)."""
         started = time.perf_counter()
-        feeds = decode.token_feeds(self.model, [r.slot for r in rows], [r.output[-1] for r in rows],
-                                   [r.base + r.offset for r in rows])
+        feeds = [decode.token_feed(self.model, [r.slot for r in rows], [r.output[-1] for r in rows],
+                                   [r.base + r.offset for r in rows])] if rows else []
         logits = decode.forward(self.model, self.kv, feeds + [feed for _, feed in prompts])
         for request, row_logits in zip(rows, logits):
             request.logits = row_logits

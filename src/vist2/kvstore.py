@@ -116,9 +116,9 @@ class KVStore:
             self.needs = [grown if need > self.capacity else need for need in self.needs]
         self._fit()
         device = self.keys.device
-        self._index = (torch.tensor(slots, device=device).repeat_interleave(torch.tensor(counts, device=device))[None],
-                       torch.cat([torch.arange(start, start + count, device=device)
-                                  for start, count in zip(starts, counts)])[None])
+        self._index = (torch.tensor([[s for s, count in zip(slots, counts) for _ in range(count)]], device=device),
+                       torch.tensor([[e for start, count in zip(starts, counts) for e in range(start, start + count)]],
+                                    device=device))  # slot and entry of each new token
         for s, count in zip(slots, counts):
             self.lengths[s] += count
         return starts
