@@ -4,15 +4,16 @@ A forward of the engine packs every new token of a step in one row (decode token
 requests, a piece of a long prompt, whole short prompts, gcc visual blocks): the linear layers
 then read their weights once for all of them, which is what lets a long prompt go in piece by
 piece without stalling running streams (chunked prefill, as vLLM does). Only attention is per
-slot: the row is cut into `Group`s (consecutive feeds alike in length and mask) and each group
-attends its own slots' entries of the `KVStore`, whose `update` hands over the layer's whole
-buffers.
+slot: the row is cut into `Group`s, one per `decode.Feed` (the decode tokens, a prompt, the
+visual blocks closing now), and each attends its own slots' entries of the `KVStore`, whose
+`update` hands over the layer's whole buffers.
 
 The attention is registered with transformers under `NAME`, and `packed(llm)` selects it for
 the duration of one forward (the model's config is left as it was). Any other call that meets
-it (no `packed=` layout) gets transformers' SDPA, masks made as for SDPA. On CPU a grouped-query
-backbone attends with `enable_gqa` instead of copying each key head (4-7x faster attention at
-an 8K context); elsewhere keys are repeated as transformers does for masked SDPA.
+it (no `packed=` layout) gets transformers' SDPA, masks made as for SDPA. A grouped-query
+backbone's keys are not copied per query head: one new token per row goes in as its key head's
+query heads, more on CPU use `enable_gqa` (benchmarks/gqa_attention.py); elsewhere keys are
+repeated as transformers does for masked SDPA.
 """
 
 from __future__ import annotations

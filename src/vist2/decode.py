@@ -3,9 +3,9 @@
 Every forward is `forward(model, kv, feeds)`: each `Feed` is the new tokens of slots alike (a
 whole short prompt, a piece of a long one, one decode token per running row, the gcc visual
 blocks closing now), all packed in one row so the weights are read once (`attention.py`); a
-row sees its slot's entries and the feed's new tokens as an explicit bool mask says. Positions follow the layout: a transient chunk and its
-visual block share a base position, so incremental decoding equals the teacher-forced forward
-of the same layout (`vist2 verify`).
+row sees its slot's entries and the feed's new tokens as an explicit bool mask says.
+Positions follow the layout: a transient chunk and its visual block share a base position, so
+incremental decoding equals the teacher-forced forward of the same layout (`vist2 verify`).
 """
 
 from __future__ import annotations
@@ -94,11 +94,10 @@ def forward(model, kv: KVStore, feeds: list[Feed]) -> torch.Tensor:
     for feed in feeds:
         rows, q = feed.positions.shape
         begins, starts = starts[:rows], starts[rows:]
-        first = feed.slots[0]
-        contiguous = feed.slots == list(range(first, first + rows))
-        attend = max(begins) + q
-        groups.append(Group(token, rows, q, slice(first, first + rows) if contiguous else torch.tensor(feed.slots, device=device),
-                            attend, cache_mask(begins, feed.new, attend, feed.hide).to(device)))
+        first, attend = feed.slots[0], max(begins) + q
+        contiguous = feed.slots == list(range(first, first + rows))  # then a view of the buffers, not a copy
+        where = slice(first, first + rows) if contiguous else torch.tensor(feed.slots, device=device)
+        groups.append(Group(token, rows, q, where, attend, cache_mask(begins, feed.new, attend, feed.hide).to(device)))
         last += range(token + q - 1, token + rows * q, q)
         token += rows * q
     embeds = torch.cat([f.embeds.flatten(0, 1) for f in feeds])[None]

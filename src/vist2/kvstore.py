@@ -4,9 +4,9 @@
 A slot's entries [0, length) are its cache, compact: no padding, no holes. A forward names
 the slots it runs and how many entries each writes (`begin`); transformers then calls `update`
 per layer, which writes the new keys and values in place and returns the layer's buffers, from
-which the packed attention (`attention.py`) reads each slot's entries. A gcc row's visual block is written after its chunk and then
-copied over it (`move`, beta entries), so eviction reallocates nothing and the freed entries
-are reused by the row's next tokens.
+which the packed attention (`attention.py`) reads each slot's entries. A gcc row's visual
+block is written after its chunk and then copied over it (`move`, beta entries), so eviction
+reallocates nothing and the freed entries are reused by the row's next tokens.
 
 Memory: a slot is added with the entries its request can need at most (`Request.kv_need`), and
 the capacity is the largest need of the slots in use, so a request whose need is known (text,
