@@ -59,3 +59,29 @@ def test_the_model_is_left_as_it_was_and_other_calls_are_sdpa(tiny):
         inside = llm(input_ids=ids, attention_mask=mask).logits
     assert torch.allclose(inside[0], expected[0], atol=1e-6)
     assert torch.allclose(inside[1, 2:], expected[1, 2:], atol=1e-6)  # padding positions aside
+
+
+def test_engines_on_threads_sharing_a_model_keep_the_packed_attention_while_any_runs(tiny):
+    """Two threads inside `packed` at once: the first to leave does not switch the other back."""
+    import threading
+
+    model, _ = tiny
+    config = model.llm.config
+    entered = threading.Barrier(3)
+    leave = [threading.Event(), threading.Event()]
+
+    def inside(index):
+        with attention.packed(model.llm):
+            entered.wait()
+            leave[index].wait()
+
+    threads = [threading.Thread(target=inside, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    entered.wait()
+    leave[0].set()
+    threads[0].join()
+    assert config._attn_implementation == attention.NAME  # the second is still inside
+    leave[1].set()
+    threads[1].join()
+    assert config._attn_implementation == "sdpa"

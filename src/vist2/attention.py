@@ -9,7 +9,8 @@ visual blocks closing now), and each attends its own slots' entries of the `KVSt
 `update` hands over the layer's whole buffers.
 
 The attention is registered with transformers under `NAME`, and `packed(llm)` selects it for
-the duration of one forward (the model's config is left as it was). Any other call that meets
+the duration of the engine's forwards (the model's config is restored after, also when several
+threads' engines share the model). Any other call that meets
 it (no `packed=` layout) gets transformers' SDPA, masks made as for SDPA. A grouped-query
 backbone's keys are not copied per query head: one new token per row goes in as its key head's
 query heads, more on CPU use `enable_gqa` (benchmarks/gqa_attention.py); elsewhere keys are
@@ -19,6 +20,7 @@ repeated as transformers does for masked SDPA.
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -80,13 +82,25 @@ AttentionInterface.register(NAME, packed_attention)
 AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
+_lock = threading.Lock()
+_inside: dict[int, tuple[int, str]] = {}  # id(config) -> (forwards inside `packed`, the setting before)
+
+
 @contextlib.contextmanager
 def packed(llm):
-    """Run `llm`'s forwards inside with the packed attention; its config is restored after."""
+    """Run `llm`'s forwards inside with the packed attention; its config is restored when the
+    last forward inside (of any thread) leaves."""
     config = llm.config
-    before = config._attn_implementation
-    config._attn_implementation = NAME
+    with _lock:
+        count, before = _inside.get(id(config), (0, config._attn_implementation))
+        _inside[id(config)] = (count + 1, before)
+        config._attn_implementation = NAME
     try:
         yield
     finally:
-        config._attn_implementation = before
+        with _lock:
+            count, before = _inside.pop(id(config))
+            if count > 1:
+                _inside[id(config)] = (count - 1, before)
+            else:
+                config._attn_implementation = before
