@@ -10,8 +10,8 @@ visual blocks closing now), and each attends its own slots' entries of the `KVSt
 
 The attention is registered with transformers under `NAME`, and `packed(llm)` selects it for
 the duration of the engine's forwards (the model's config is restored after, also when several
-threads' engines share the model). Any other call that meets
-it (no `packed=` layout) gets transformers' SDPA, masks made as for SDPA. A grouped-query
+threads' engines share the model). Any other call that meets it (no `packed=` layout) gets
+transformers' SDPA, masks made as for SDPA. A grouped-query
 backbone's keys are not copied per query head: one new token per row goes in as its key head's
 query heads, more on CPU use `enable_gqa` (benchmarks/gqa_attention.py); elsewhere keys are
 repeated as transformers does for masked SDPA.

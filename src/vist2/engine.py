@@ -270,11 +270,11 @@ class Engine:
 
     def _whole(self, requests: list[Request]) -> list[tuple[Request, decode.Feed]]:
         """Whole prompts' feeds, all their pages rendered and encoded in one batch."""
-        texts = [page for r in requests for kind, content in r.prompt.segments if kind == "pages" for page in content]
+        texts = [page for r in requests for page in r.prompt.pages]
         visual = self._encode(texts, requests) if texts else None
         prompts, used = [], 0
         for request in requests:
-            pages = sum(len(content) for kind, content in request.prompt.segments if kind == "pages")
+            pages = len(request.prompt.pages)
             feed = decode.prompt_feed(self.model, request.slot, request.prompt.segments,
                                       None if visual is None else visual[used : used + pages],
                                       request.options.bidirectional_visual)
